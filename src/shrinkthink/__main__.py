@@ -1,0 +1,5 @@
+import sys
+
+from shrinkthink.cli import main
+
+sys.exit(main())
