@@ -1,0 +1,130 @@
+"""Chained arithmetic: `12+7+30=?`, level L has L+1 terms.
+
+Two step formats, because DESIGN.md measured that the format decides how far a tiny model
+generalises in length:
+- `refer`: each line names its operands, `12+7=19` then `19+30=49`;
+- `carry`: each line is the remaining work with the first operation done, `19+30` then `49`, so
+  every line is computable from the line before alone.
+
+    python -c "import random; from shrinkthink.tasks.arith import ArithTask; \\
+        print(ArithTask(step_format='carry').generate(2, random.Random(0)))"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Literal
+
+from shrinkthink.records import Problem
+from shrinkthink.tasks.base import Task
+from shrinkthink.verify import numbers_equal
+
+StepFormat = Literal["refer", "carry"]
+
+
+class ArithTask(Task):
+    """Sums (and, with `ops="+-"`, differences) of small non-negative integers."""
+
+    name = "arith"
+    description = "chained sums like 12+7+30=? (level L: L+1 terms); step formats refer or carry"
+    max_level = 8
+
+    def __init__(
+        self,
+        ops: str = "+",
+        max_operand: int = 9,
+        min_operand: int = 0,
+        step_format: StepFormat = "refer",
+        heldout_fraction: float = 0.2,
+    ) -> None:
+        super().__init__(heldout_fraction)
+        if not ops or set(ops) - set("+-"):
+            raise ValueError(f"ops must be a non-empty subset of '+-', got {ops!r}")
+        if not 0 <= min_operand <= max_operand:
+            raise ValueError(
+                f"need 0 <= min_operand <= max_operand, got {min_operand} and {max_operand}"
+            )
+        if step_format not in ("refer", "carry"):
+            raise ValueError(f"step_format must be 'refer' or 'carry', got {step_format!r}")
+        self.ops = "".join(sorted(set(ops)))
+        self.max_operand = max_operand
+        self.min_operand = min_operand
+        self.step_format: StepFormat = step_format
+
+    def generate(self, level: int, rng: random.Random) -> Problem:
+        terms, ops = self._draw(level + 1, rng)
+        prompt = expression(terms, ops) + "=?"
+        values = running_values(terms, ops)
+        steps = (
+            refer_steps(terms, ops, values)
+            if self.step_format == "refer"
+            else carry_steps(terms, ops, values)
+        )
+        digest = hashlib.sha256(prompt.encode()).hexdigest()[:10]
+        return Problem(
+            id=f"{self.name}-L{level}-{digest}",
+            prompt=prompt,
+            answer=str(values[-1]),
+            level=level,
+            steps=steps,
+            metadata={"terms": terms, "ops": ops},
+        )
+
+    def _draw(self, n_terms: int, rng: random.Random) -> tuple[list[int], list[str]]:
+        """Terms and the operators between them; a subtraction never takes the running value below
+        zero (when it would, that term is added instead)."""
+        terms = [rng.randint(self.min_operand, self.max_operand)]
+        ops: list[str] = []
+        value = terms[0]
+        for _ in range(n_terms - 1):
+            op = rng.choice(self.ops)
+            if op == "-" and value >= self.min_operand:
+                term = rng.randint(self.min_operand, min(value, self.max_operand))
+                value -= term
+            else:
+                op = "+"
+                term = rng.randint(self.min_operand, self.max_operand)
+                value += term
+            terms.append(term)
+            ops.append(op)
+        return terms, ops
+
+    def is_correct(self, problem: Problem, answer: str) -> bool:
+        return numbers_equal(answer, problem.answer)
+
+    def digression(self, problem: Problem, step_index: int, rng: random.Random) -> str:
+        """An unrelated sum of two terms from the question, else a generic digression."""
+        terms: list[int] = problem.metadata["terms"]
+        gold = {s.strip() for s in problem.steps or []}
+        if rng.random() < 0.5 and len(terms) > 1:
+            i, j = rng.sample(range(len(terms)), 2)
+            line = f"{terms[i]}+{terms[j]}={terms[i] + terms[j]}"
+            if line not in gold:
+                return line
+        return super().digression(problem, step_index, rng)
+
+
+def expression(terms: list[int], ops: list[str]) -> str:
+    """`12+7-3`: the terms joined by their operators."""
+    return str(terms[0]) + "".join(op + str(term) for op, term in zip(ops, terms[1:]))
+
+
+def running_values(terms: list[int], ops: list[str]) -> list[int]:
+    """The value after each term: [12, 19, 49] for 12+7+30."""
+    values = [terms[0]]
+    for op, term in zip(ops, terms[1:]):
+        values.append(values[-1] + term if op == "+" else values[-1] - term)
+    return values
+
+
+def refer_steps(terms: list[int], ops: list[str], values: list[int]) -> list[str]:
+    """`12+7=19`, `19+30=49`: each line applies one operator to the previous result."""
+    return [
+        f"{values[k]}{ops[k]}{terms[k + 1]}={values[k + 1]}" for k in range(len(ops))
+    ]
+
+
+def carry_steps(terms: list[int], ops: list[str], values: list[int]) -> list[str]:
+    """`19+30`, `49`: each line is the expression left after one more operation."""
+    return [expression([values[k]] + terms[k + 1 :], ops[k:]) for k in range(1, len(terms))]

@@ -1,0 +1,165 @@
+"""What every task provides: problems at a difficulty level, split into train and held-out sets
+that never overlap, and its own verifier (DESIGN.md: generic code never knows what a
+multiplication is).
+
+Built-in tasks also write demonstrations with injected digressions and classify the lines of any
+transcript as necessary or digression, so that shrinking can be measured against ground truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
+
+from shrinkthink.records import Problem
+from shrinkthink.verify import extract_answer
+
+Split = Literal["train", "test"]
+ANSWER_PREFIX = "Answer: "
+
+
+def split_of(prompt: str, heldout_fraction: float) -> Split:
+    """Assign a problem to a split by a hash of its prompt, so the same question can never sit in
+    both splits, whatever seed or level produced it."""
+    digest = hashlib.sha256(prompt.encode()).digest()
+    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < heldout_fraction else "train"
+
+
+def gold_completion(steps: list[str], answer: str) -> str:
+    """The clean transcript: one step a line, then the answer line."""
+    return "\n".join([*steps, ANSWER_PREFIX + answer])
+
+
+def reasoning_part(completion: str) -> str:
+    """The completion up to (not including) its answer line: what counts as visible reasoning."""
+    cut = completion.rfind(ANSWER_PREFIX)
+    return completion if cut < 0 else completion[:cut]
+
+
+class Task(ABC):
+    """Base class. Subclasses set `name`, `description`, `max_level` and implement `generate`."""
+
+    # An instance may refine `name` (the reasoning-gym adapter is "gym:<dataset>").
+    name: str
+    description: ClassVar[str]
+    min_level: int = 1
+    max_level: int = 1
+
+    def __init__(self, heldout_fraction: float = 0.2) -> None:
+        if not 0.0 <= heldout_fraction <= 1.0:
+            raise ValueError(f"heldout_fraction must be in 0..1, got {heldout_fraction}")
+        self.heldout_fraction = heldout_fraction
+
+    # --- problems -------------------------------------------------------------------------
+    @abstractmethod
+    def generate(self, level: int, rng: random.Random) -> Problem:
+        """One random problem at `level` (either split; `problems` filters)."""
+
+    def problems(self, level: int, n: int, split: Split, seed: int = 0) -> list[Problem]:
+        """`n` problems of one split at `level`, deterministic in `seed`.
+
+        Held-out sets are distinct problems where the space allows; training draws may repeat.
+        """
+        self.check_level(level)
+        rng = random.Random(f"{self.name}:{seed}:{level}:{split}")
+        out: list[Problem] = []
+        seen: set[str] = set()
+        attempts = 0
+        while len(out) < n and attempts < 200 * n + 1000:
+            attempts += 1
+            problem = self.generate(level, rng)
+            if split_of(problem.prompt, self.heldout_fraction) != split:
+                continue
+            if split == "test" and problem.prompt in seen:
+                continue
+            seen.add(problem.prompt)
+            out.append(problem)
+        if not out:
+            raise RuntimeError(f"task {self.name}: no {split} problems at level {level}")
+        while len(out) < n:  # a small space: repeat what exists rather than fail
+            out.append(out[len(out) % len(seen)])
+        return out
+
+    def check_level(self, level: int) -> None:
+        from shrinkthink.errors import UserError
+
+        if not self.min_level <= level <= self.max_level:
+            raise UserError(
+                f"task {self.name}: level {level} is outside {self.min_level}..{self.max_level}"
+            )
+
+    # --- verifier -------------------------------------------------------------------------
+    def extract(self, completion: str) -> str | None:
+        """The final answer in a completion, leniently (explore only rewards the answer)."""
+        return extract_answer(completion)
+
+    @abstractmethod
+    def is_correct(self, problem: Problem, answer: str) -> bool:
+        """Whether an extracted answer is right."""
+
+    def score(self, problem: Problem, completion: str) -> float:
+        """Outcome reward: 1.0 when the extracted final answer is right, else 0.0."""
+        answer = self.extract(completion)
+        return float(answer is not None and self.is_correct(problem, answer))
+
+    # --- ground truth for shrinking (built-in tasks) --------------------------------------
+    def demonstration(self, problem: Problem, rng: random.Random, digression_rate: float) -> str:
+        """A transcript that solves `problem`, with digressions injected: after each gold step,
+        lines of `digression(...)` while a coin with `digression_rate` comes up heads (so
+        rate/(1-rate) lines per step on average). Tasks without gold steps return the bare answer
+        line."""
+        if not 0.0 <= digression_rate < 1.0:
+            raise ValueError(f"digression_rate must be in [0, 1), got {digression_rate}")
+        if not problem.steps:
+            return ANSWER_PREFIX + problem.answer
+        lines: list[str] = []
+        for i, step in enumerate(problem.steps):
+            lines.append(step)
+            while rng.random() < digression_rate:
+                lines.append(self._safe_digression(problem, i, rng))
+        return "\n".join([*lines, ANSWER_PREFIX + problem.answer])
+
+    def _safe_digression(self, problem: Problem, step_index: int, rng: random.Random) -> str:
+        """A digression that `classify_steps` cannot mistake for the next gold step: when gold
+        steps repeat (`5+0=5` twice), a repeated step would otherwise count as necessary."""
+        steps = problem.steps or []
+        upcoming = steps[step_index + 1].strip() if step_index + 1 < len(steps) else None
+        for _ in range(20):
+            line = self.digression(problem, step_index, rng)
+            if line.strip() and line.strip() != upcoming and ANSWER_PREFIX.strip() not in line:
+                return line
+        return "hmm"
+
+    def digression(self, problem: Problem, step_index: int, rng: random.Random) -> str:
+        """One unnecessary line after gold step `step_index`: a repeated step, an irrelevant side
+        computation, a re-check or filler. Subclasses add task-flavoured ones."""
+        steps = problem.steps or []
+        kind = rng.randrange(3)
+        if kind == 0 and steps:
+            return steps[step_index]
+        if kind == 1 and steps:
+            return "check " + steps[rng.randrange(step_index + 1)]
+        return rng.choice(["hmm", "let me see", "ok", "wait", "so far so good"])
+
+    def classify_steps(self, problem: Problem, completion: str) -> list[tuple[str, bool]]:
+        """Each reasoning line of `completion` with whether it is necessary.
+
+        A line is necessary when it is the next gold step not yet written; every other line
+        (a repeat, a side computation, a re-check, filler) is a digression. Without gold steps,
+        every line counts as necessary.
+        """
+        lines = [line for line in reasoning_part(completion).split("\n") if line.strip()]
+        if not problem.steps:
+            return [(line, True) for line in lines]
+        gold = [s.strip() for s in problem.steps]
+        out = []
+        next_gold = 0
+        for line in lines:
+            if next_gold < len(gold) and line.strip() == gold[next_gold]:
+                out.append((line, True))
+                next_gold += 1
+            else:
+                out.append((line, False))
+        return out

@@ -1,0 +1,88 @@
+"""Multi-digit multiplication in the iCoT format (Deng et al. 2023, "Implicit Chain of Thought
+Reasoning via Knowledge Distillation", arXiv 2311.01460): every number is written least-significant
+digit first, so a left-to-right model produces digits in the order carries need them.
+
+For 2413*35 the prompt is `3142*53=?`; the steps are the partial product 2413*5 reversed, then one
+line per further digit of the multiplier, `+P=S`, with P the shifted partial product and S the
+running sum, both reversed:
+
+    56021
+    +09327=55448
+    Answer: 55448
+
+iCoT spaces its digits (`5 6 0 2 1`); we write them compact because tiny character-level models
+pay per character.
+
+    python -c "import random; from shrinkthink.tasks.multiply import MultiplyTask; \\
+        print(MultiplyTask().generate(2, random.Random(0)))"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from shrinkthink.records import Problem
+from shrinkthink.tasks.base import Task
+
+
+class MultiplyTask(Task):
+    """Level L multiplies two L-digit numbers (or fixed sizes, with `digits=[a, b]`)."""
+
+    name = "multiply"
+    description = "L-digit by L-digit multiplication, digits reversed as in iCoT: 3142*53=?"
+    max_level = 9
+
+    def __init__(self, digits: list[int] | None = None, heldout_fraction: float = 0.2) -> None:
+        super().__init__(heldout_fraction)
+        if digits is not None:
+            if len(digits) != 2 or not all(isinstance(d, int) and d >= 1 for d in digits):
+                raise ValueError(f"digits must be two positive integers [a, b], got {digits!r}")
+            # Fixed sizes leave nothing for a level to vary: a single level says so honestly.
+            self.max_level = 1
+        self.digits = digits
+
+    def generate(self, level: int, rng: random.Random) -> Problem:
+        a_digits, b_digits = self.digits or (level, level)
+        a = rng.randint(10 ** (a_digits - 1), 10**a_digits - 1)
+        b = rng.randint(10 ** (b_digits - 1), 10**b_digits - 1)
+        prompt = f"{rev(a)}*{rev(b)}=?"
+        digest = hashlib.sha256(prompt.encode()).hexdigest()[:10]
+        return Problem(
+            id=f"{self.name}-L{level}-{digest}",
+            prompt=prompt,
+            answer=rev(a * b),
+            level=level,
+            steps=icot_steps(a, b),
+            metadata={"a": a, "b": b},
+        )
+
+    def is_correct(self, problem: Problem, answer: str) -> bool:
+        return "".join(answer.split()) == problem.answer
+
+    def digression(self, problem: Problem, step_index: int, rng: random.Random) -> str:
+        """A single-digit product of two digits from the question (true, and unneeded as a line),
+        else a generic digression. Gold lines never contain `*`, so these never collide."""
+        if rng.random() < 0.5:
+            x = int(rng.choice(str(problem.metadata["a"])))
+            y = int(rng.choice(str(problem.metadata["b"])))
+            return f"{x}*{y}={x * y}"
+        return super().digression(problem, step_index, rng)
+
+
+def rev(n: int) -> str:
+    """`n`'s digits least-significant first: 2413 -> "3142"."""
+    return str(n)[::-1]
+
+
+def icot_steps(a: int, b: int) -> list[str]:
+    """The partial product by b's lowest digit, then `+P=S` per further digit (reversed)."""
+    b_digits = [int(d) for d in rev(b)]
+    total = a * b_digits[0]
+    steps = [rev(total)]
+    for j, digit in enumerate(b_digits[1:], start=1):
+        # The shifted partial product keeps its j trailing zeros, which lead once reversed.
+        partial = "0" * j + rev(a * digit)
+        total += a * digit * 10**j
+        steps.append(f"+{partial}={rev(total)}")
+    return steps
