@@ -1,0 +1,98 @@
+"""A policy is a causal LM, its tokenizer, and how a `Problem`'s prompt becomes token ids (raw
+text for models without a chat template, the chat template otherwise)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from shrinkthink.config import ModelConfig
+from shrinkthink.model import load_pretrained, tiny_policy
+from shrinkthink.rollout import Samples, sample
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from shrinkthink.errors import UserError
+
+        raise UserError("device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+class Policy:
+    def __init__(self, model, tokenizer, device: torch.device | str = "cpu") -> None:
+        self.model = model.to(device)
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        self.pad_id = tokenizer.pad_token_id
+        eos = {tokenizer.eos_token_id}
+        generation_eos = getattr(model.generation_config, "eos_token_id", None)
+        if generation_eos is not None:
+            eos |= set(generation_eos if isinstance(generation_eos, list) else [generation_eos])
+        self.eos_ids = {e for e in eos if e is not None}
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, device: torch.device, seed: int = 0) -> "Policy":
+        if config.kind == "tiny":
+            model, tokenizer = tiny_policy(config.depth, seed=seed)
+            return cls(model, tokenizer, device)
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+            config.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
+        )
+        model, tokenizer = load_pretrained(config.path, dtype=dtype)
+        return cls(model, tokenizer, device)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "Policy":
+        model, tokenizer = load_pretrained(str(path))
+        return cls(model, tokenizer, device)
+
+    # --- text <-> ids -------------------------------------------------------------------
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if self.chat:
+            return list(
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            )
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        return bos + self.tokenizer(prompt + "\n", add_special_tokens=False).input_ids
+
+    def completion_ids(self, completion: str) -> list[int]:
+        """Target ids for supervised training: the completion, then end-of-sequence."""
+        return self.tokenizer(completion, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids) if text else 0
+
+    # --- sampling -----------------------------------------------------------------------
+    def sample(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
+               top_p: float = 1.0, greedy: bool = False, batch_size: int = 512) -> Samples:
+        was_training = self.model.training
+        self.model.eval()
+        parts = [
+            sample(self.model, prompts[i : i + batch_size], eos_ids=self.eos_ids, pad_id=self.pad_id,
+                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
+            for i in range(0, len(prompts), batch_size)
+        ]
+        self.model.train(was_training)
+        return Samples(
+            completion_ids=[c for p in parts for c in p.completion_ids],
+            logprobs=[lp for p in parts for lp in p.logprobs],
+            finished=[f for p in parts for f in p.finished],
+            entropy_sum=sum(p.entropy_sum for p in parts),
+            tokens=sum(p.tokens for p in parts),
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)

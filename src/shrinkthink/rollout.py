@@ -1,0 +1,126 @@
+"""Batched sampling with a KV cache: G attempts per problem, temperature and top-p, finished rows
+dropped from the batch, and the sampled log-probabilities the learner's clipped ratio needs.
+
+Prompts are left-padded so every row's next token sits in the last column; position ids count
+real tokens only, so a row's positions are the same as in an unpadded forward pass (the learner
+recomputes log-probabilities right-padded and must see the same positions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+# Dropping finished rows copies the KV cache; do it only once this share of the batch is idle.
+COMPACT_IDLE_SHARE = 0.25
+
+
+@dataclass
+class Samples:
+    completion_ids: list[list[int]]
+    logprobs: list[list[float]]
+    finished: list[bool]
+    entropy_sum: float
+    tokens: int
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability reaches `top_p` (nucleus sampling,
+    Holtzman et al. 2019); the rest get -inf."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompts: list[list[int]],
+    *,
+    eos_ids: set[int],
+    pad_id: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Samples:
+    """Sample one completion per prompt (repeat a prompt G times for a group)."""
+    device = next(model.parameters()).device
+    n = len(prompts)
+    ids, mask = left_pad(prompts, pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    logits = out.logits[:, -1, :].float()
+    next_position = positions[:, -1] + 1
+
+    rows = torch.arange(n, device=device)  # original index of each active row
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logps = torch.zeros((n, max_new_tokens), device=device)
+    lengths = torch.zeros(n, dtype=torch.long, device=device)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    entropy_sum = torch.zeros((), device=device)
+
+    for t in range(max_new_tokens):
+        logp_all = torch.log_softmax(logits / temperature, dim=-1)  # [active, V]
+        if greedy:
+            token = logits.argmax(-1)
+        else:
+            probs = top_p_filter(logits / temperature, top_p).softmax(-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        live = ~done
+        entropy_sum += -(logp_all.exp() * logp_all).sum(-1)[live].sum()
+        live_rows = rows[live]
+        tokens[live_rows, t] = token[live]
+        logps[live_rows, t] = logp_all.gather(-1, token[:, None]).squeeze(-1)[live]
+        lengths[live_rows] += 1
+        hit_eos = torch.isin(token, eos) & live
+        finished[rows[hit_eos]] = True
+        done |= hit_eos
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        if done.float().mean() >= COMPACT_IDLE_SHARE:
+            keep = (~done).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            rows, mask, next_position, done = rows[keep], mask[keep], next_position[keep], done[keep]
+            token = token[keep]
+        token = token.masked_fill(done, pad_id)
+        mask = torch.cat([mask, (~done).long()[:, None]], dim=-1)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=next_position[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1, :].float()
+        next_position = next_position + 1
+
+    lengths_list = lengths.tolist()
+    tokens_list, logps_list = tokens.tolist(), logps.tolist()
+    return Samples(
+        completion_ids=[tokens_list[i][: lengths_list[i]] for i in range(n)],
+        logprobs=[logps_list[i][: lengths_list[i]] for i in range(n)],
+        finished=finished.tolist(),
+        entropy_sum=float(entropy_sum),
+        tokens=int(sum(lengths_list)),
+    )
