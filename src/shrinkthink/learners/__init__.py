@@ -1,0 +1,134 @@
+"""Learners turn scored episodes into a policy update.
+
+- `grpo`: group-normalised advantages, clipped importance ratio over `inner_epochs`, token-level
+  loss, optional KL to the frozen stage-start policy (DeepSeekMath; DAPO's clip-higher).
+- `rloo`: the same update with REINFORCE leave-one-out advantages.
+- `expert_iteration`: keep the verified winners and fine-tune on them (STaR, Zelikman et al. 2022;
+  ReST-EM, Singh et al. 2023).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from shrinkthink.config import LearnerConfig
+from shrinkthink.learners.batch import completion_logits, completion_logprobs, pack
+from shrinkthink.learners.losses import (
+    clipped_policy_loss,
+    group_advantages,
+    rloo_advantages,
+    token_cross_entropy,
+)
+from shrinkthink.policy import Policy
+from shrinkthink.records import Episode
+
+
+def supervised_step(policy: Policy, optimizer, prompts: list[list[int]], targets: list[list[int]],
+                    max_grad_norm: float = 1.0) -> float:
+    """One fine-tuning step on (prompt, target completion) pairs; loss on the completion only."""
+    ids, attention, predictor, mask = pack(prompts, targets, policy.pad_id, policy.device)
+    logits = completion_logits(policy.model, ids, attention, predictor)
+    target_ids = ids.gather(1, (predictor + 1).clamp(max=ids.shape[1] - 1))
+    loss = token_cross_entropy(logits.float(), target_ids, mask)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.model.parameters(), max_grad_norm)
+    optimizer.step()
+    return float(loss)
+
+
+def make_optimizer(policy: Policy, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(policy.model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+
+class Learner:
+    """Updates a policy from groups of episodes: `groups[i]` holds the indices of the G episodes
+    sampled for one problem."""
+
+    def __init__(self, policy: Policy, config: LearnerConfig, temperature: float = 1.0) -> None:
+        self.policy = policy
+        self.config = config
+        self.temperature = temperature
+        self.optimizer = make_optimizer(policy, config.lr)
+        self.reference = None
+        if config.kl_coef > 0 and config.name != "expert_iteration":
+            self.reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
+
+    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        if self.config.name == "rloo":
+            return rloo_advantages(rewards)
+        return group_advantages(rewards, scale_by_std=self.config.scale_by_std)
+
+    def update(self, episodes: list[Episode], groups: list[list[int]]) -> dict[str, float]:
+        if self.config.name == "expert_iteration":
+            return self._expert_iteration(episodes)
+        return self._policy_gradient(episodes, groups)
+
+    def _policy_gradient(self, episodes: list[Episode], groups: list[list[int]]) -> dict[str, float]:
+        rewards = torch.tensor([[episodes[i].reward for i in group] for group in groups])
+        advantages = self.advantages(rewards).flatten()
+        order = [i for group in groups for i in group]
+        # A zero advantage contributes nothing but dilutes the token mean and costs a forward
+        # pass; without a KL term such episodes are skipped.
+        keep = [(i, float(a)) for i, a in zip(order, advantages) if a != 0 or self.reference is not None]
+        keep = [(i, a) for i, a in keep if episodes[i].completion_ids]
+        stats = {"loss": 0.0, "clip_fraction": 0.0, "trained_episodes": float(len(keep))}
+        if not keep:
+            return stats
+        model = self.policy.model
+        model.train()
+        chunks = [keep[j :: self.config.minibatches] for j in range(self.config.minibatches)]
+        chunks = [c for c in chunks if c]
+        updates = 0
+        for _ in range(self.config.inner_epochs):
+            for chunk in chunks:
+                chosen = [episodes[i] for i, _ in chunk]
+                ids, attention, predictor, mask = pack(
+                    [e.prompt_ids for e in chosen], [e.completion_ids for e in chosen], self.policy.pad_id, self.policy.device
+                )
+                old = torch.zeros(mask.shape, device=mask.device)
+                for row, episode in enumerate(chosen):
+                    old[row, : len(episode.logprobs)] = torch.tensor(episode.logprobs)
+                reference = None
+                if self.reference is not None:
+                    with torch.no_grad():
+                        reference = completion_logprobs(self.reference, ids, attention, predictor, self.temperature)
+                logprobs = completion_logprobs(model, ids, attention, predictor, self.temperature)
+                adv = torch.tensor([a for _, a in chunk], device=mask.device)
+                loss, step_stats = clipped_policy_loss(
+                    logprobs, old, adv, mask, self.config.clip_low, self.config.clip_high, reference, self.config.kl_coef
+                )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
+                self.optimizer.step()
+                updates += 1
+                stats["loss"] += float(loss)
+                for key, value in step_stats.items():
+                    stats[key] = stats.get(key, 0.0) + value
+        for key in ("loss", "clip_fraction", "kl"):
+            if key in stats:
+                stats[key] /= updates
+        return stats
+
+    def _expert_iteration(self, episodes: list[Episode]) -> dict[str, float]:
+        seen: set[tuple[str, tuple[int, ...]]] = set()
+        winners = []
+        for episode in episodes:
+            key = (episode.problem.id, tuple(episode.completion_ids))
+            if episode.reward >= self.config.winner_threshold and episode.finished and key not in seen:
+                seen.add(key)
+                winners.append(episode)
+        stats = {"loss": 0.0, "trained_episodes": float(len(winners))}
+        if not winners:
+            return stats
+        self.policy.model.train()
+        for _ in range(self.config.inner_epochs):
+            # completion_ids end with the sampled end-of-sequence token already
+            stats["loss"] = supervised_step(
+                self.policy, self.optimizer, [w.prompt_ids for w in winners], [w.completion_ids for w in winners],
+                self.config.max_grad_norm,
+            )
+        return stats

@@ -1,0 +1,37 @@
+"""Turning (prompt, completion) token lists into padded tensors and per-token log-probabilities.
+Right-padded: positions count from 0 at each row's first token, as in the rollout."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device):
+    """ids [B, T], attention mask [B, T], and for the completion tokens: the index of the logit
+    that predicts each one [B, C] and a mask [B, C]."""
+    rows = [p + c for p, c in zip(prompts, completions)]
+    width = max(len(r) for r in rows)
+    longest = max(1, max(len(c) for c in completions))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    predictor = torch.zeros((len(rows), longest), dtype=torch.long)
+    completion_mask = torch.zeros((len(rows), longest), dtype=torch.bool)
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        ids[i, : len(prompt) + len(completion)] = torch.tensor(prompt + completion)
+        attention[i, : len(prompt) + len(completion)] = 1
+        predictor[i, : len(completion)] = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(completion))
+        completion_mask[i, : len(completion)] = True
+    return ids.to(device), attention.to(device), predictor.to(device), completion_mask.to(device)
+
+
+def completion_logits(model, ids, attention, predictor) -> torch.Tensor:
+    """Logits [B, C, V] at the positions that predict each completion token."""
+    logits = model(input_ids=ids, attention_mask=attention).logits
+    return logits.gather(1, predictor[:, :, None].expand(-1, -1, logits.shape[-1]))
+
+
+def completion_logprobs(model, ids, attention, predictor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(token) [B, C] of each completion token under `model` at `temperature`."""
+    logits = completion_logits(model, ids, attention, predictor).float() / temperature
+    targets = ids.gather(1, (predictor + 1).clamp(max=ids.shape[1] - 1))
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, :, None]).squeeze(-1)
