@@ -1,0 +1,148 @@
+"""The `shrinkthink` command.
+
+    shrinkthink run [CONFIG] [key=value ...]      # no CONFIG: the quickstart
+    shrinkthink run --resume runs/<name>          # continue a run from its newest checkpoint
+    shrinkthink eval CHECKPOINT --task arith --levels 1 2 3
+    shrinkthink sample CHECKPOINT "12+7+30=?"
+    shrinkthink tasks
+
+Bad input (a config field, a task name, a data file line, a model path) is one line on stderr and
+exit status 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from shrinkthink.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shrinkthink", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a curriculum from a YAML config (default: the quickstart)")
+    run.add_argument("args", nargs="*", metavar="[CONFIG] [key=value]",
+                     help="a YAML config, then overrides such as stages.1.steps=50 (fields: src/shrinkthink/config.py)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    run.add_argument("--run-dir", help="where to write the run (default: runs/<name>-<time>)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    evaluate = commands.add_parser("eval", help="held-out greedy accuracy of a checkpoint on a task")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--task", required=True, help="task name (see `shrinkthink tasks`)")
+    evaluate.add_argument("--options", default="{}", help="task options as YAML/JSON, e.g. '{max_operand: 20}'")
+    evaluate.add_argument("--levels", type=int, nargs="+", default=[1])
+    evaluate.add_argument("--n", type=int, default=100, help="held-out problems per level")
+    evaluate.add_argument("--pass-k", type=int, default=0, help="also report pass@k by sampling k attempts")
+    evaluate.add_argument("--max-new-tokens", type=int, default=128)
+    evaluate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    sample = commands.add_parser("sample", help="answer one question with a checkpoint")
+    sample.add_argument("checkpoint")
+    sample.add_argument("question")
+    sample.add_argument("--max-new-tokens", type=int, default=128)
+    sample.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    sample.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    tasks = commands.add_parser("tasks", help="list the tasks, a line each")
+    tasks.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _run(args) -> None:
+    from shrinkthink.config import load_config
+    from shrinkthink.pipeline import format_table, run_pipeline
+
+    if args.resume:
+        config_path = os.path.join(args.resume, "config.yaml")
+        if not os.path.isfile(config_path):
+            raise UserError(f"--resume: no run in '{args.resume}' (config.yaml missing)")
+        config = load_config(config_path, args.args)
+        summary = run_pipeline(config, run_dir=args.resume, resume=True, progress=not args.no_progress)
+    else:
+        config_path = None
+        overrides = list(args.args)
+        if overrides and "=" not in overrides[0]:
+            config_path = overrides.pop(0)
+        config = load_config(config_path, overrides)
+        summary = run_pipeline(config, run_dir=args.run_dir, progress=not args.no_progress)
+    print(format_table(summary))
+
+
+def _checkpoint(path: str):
+    from shrinkthink.policy import Policy, pick_device
+
+    if not os.path.exists(path):
+        raise UserError(f"checkpoint: no such file or folder '{path}'")
+    return Policy.load(path, pick_device("auto"))
+
+
+def _eval(args) -> None:
+    import yaml
+
+    from shrinkthink.evaluate import evaluate
+    from shrinkthink.tasks import make_task
+
+    try:
+        options = yaml.safe_load(args.options) or {}
+    except yaml.YAMLError:
+        raise UserError(f"--options: not YAML/JSON: {args.options!r}") from None
+    if not isinstance(options, dict):
+        raise UserError("--options: expected a mapping, e.g. '{max_operand: 20}'")
+    task = make_task(args.task, options)
+    for level in args.levels:
+        task.check_level(level)
+    policy = _checkpoint(args.checkpoint)
+    result = evaluate(policy, task, args.levels, args.n, max_new_tokens=args.max_new_tokens, pass_k=args.pass_k)
+    print(json.dumps({
+        "accuracy": result.accuracy,
+        "accuracy_by_level": result.accuracy_by_level,
+        "pass_at_k": result.pass_at_k,
+        "mean_reasoning_tokens": result.mean_reasoning_tokens,
+        "digression_share": result.digression_share,
+    }, indent=2))
+
+
+def _sample(args) -> None:
+    policy = _checkpoint(args.checkpoint)
+    greedy = args.temperature <= 0
+    samples = policy.sample([policy.prompt_ids(args.question)], max_new_tokens=args.max_new_tokens,
+                            greedy=greedy, temperature=args.temperature if not greedy else 1.0)
+    print(policy.decode(samples.completion_ids[0]))
+
+
+def _tasks(args) -> None:
+    from shrinkthink.tasks import list_tasks
+
+    for name, description in list_tasks():
+        print(f"{name:32s} {description}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = _parser().parse_args(argv)
+    handlers = {"run": _run, "eval": _eval, "sample": _sample, "tasks": _tasks}
+    try:
+        handlers[args.command](args)
+    except UserError as error:
+        if args.debug:
+            raise
+        print(f"shrinkthink: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("shrinkthink: interrupted; resume with `shrinkthink run --resume RUN_DIR`", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The run configuration: YAML validated into typed models, `key=value` overrides, and one-line
+errors that name the field. Field descriptions are the documentation; `shrinkthink run --help`
+points here.
+
+    shrinkthink run configs/quickstart.yaml stages.1.steps=50 model.depth=2
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shrinkthink.errors import UserError
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    kind: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: built from scratch with a character tokenizer; pretrained: a local folder, a .gguf file or 'smollm2'")
+    depth: int = Field(4, ge=1, le=32, description="tiny only: the one size dial (layers; width 32*depth)")
+    path: str | None = Field(None, description="pretrained only: local folder, .gguf file, or 'smollm2'")
+    dtype: Literal["float32", "bfloat16", "auto"] = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
+
+    @model_validator(mode="after")
+    def _path_for_pretrained(self):
+        if self.kind == "pretrained" and not self.path:
+            raise ValueError("model.path is required when model.kind is 'pretrained'")
+        return self
+
+
+class TaskConfig(Strict):
+    name: str = Field("arith", description="a built-in task, 'gym:<dataset>', 'jsonl', or 'package.module:Class'; see `shrinkthink tasks`")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the task")
+    eval_levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], description="levels reported after every stage")
+    eval_problems: int = Field(100, ge=1, description="held-out problems per level for stage-end evaluation")
+
+
+class Sampling(Strict):
+    max_new_tokens: int = Field(64, ge=1, description="completion length cap, in tokens")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class LearnerConfig(Strict):
+    name: Literal["grpo", "rloo", "expert_iteration"] = Field("grpo", description="grpo: group-normalised advantages, clipped ratio; rloo: leave-one-out baseline; expert_iteration: keep verified winners and fine-tune (STaR / ReST-EM)")
+    lr: float = Field(1e-3, gt=0)
+    group_size: int = Field(16, ge=2, description="G: samples per problem")
+    problems_per_step: int = Field(8, ge=1)
+    scale_by_std: bool = Field(True, description="grpo: divide advantages by the group std (Dr. GRPO: false)")
+    clip_low: float = Field(0.2, ge=0, le=1)
+    clip_high: float = Field(0.28, ge=0, description="DAPO clip-higher")
+    inner_epochs: int = Field(1, ge=1, description="passes over each rollout batch (ratio departs from 1 after the first)")
+    minibatches: int = Field(1, ge=1)
+    kl_coef: float = Field(0.0, ge=0, description="KL to the frozen stage-start policy (k3 estimator); 0 keeps no reference model")
+    max_grad_norm: float = Field(1.0, gt=0)
+    winner_threshold: float = Field(1.0, description="expert_iteration: minimum reward a winner needs")
+
+
+class Gate(Strict):
+    accuracy: float | None = Field(None, ge=0, le=1, description="leave the stage once held-out greedy accuracy reaches this")
+
+
+class StageBase(Strict):
+    name: str = Field(..., description="unique stage name; checkpoints and summary use it")
+    steps: int = Field(..., ge=0, description="step budget")
+    gate: Gate = Field(default_factory=Gate)
+    eval_every: int = Field(50, ge=1, description="steps between held-out evaluations")
+    eval_problems: int = Field(64, ge=1, description="held-out problems per level at each evaluation")
+    checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
+
+
+class WarmStartStage(StageBase):
+    kind: Literal["warmstart"]
+    levels: list[int] = Field(..., min_length=1, description="levels the demonstrations cover (the lowest ones)")
+    digression_rate: float = Field(0.3, ge=0, le=1, description="chance of a digression after each gold step")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+
+
+class ExploreStage(StageBase):
+    kind: Literal["explore"]
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    sampling: Sampling = Field(default_factory=Sampling)
+    start_level: int = Field(1, ge=1)
+    max_level: int = Field(..., ge=1)
+    promote_at: float = Field(0.8, ge=0, le=1, description="raise the level when held-out accuracy at the current one reaches this")
+    replay: float = Field(0.25, ge=0, lt=1, description="share of each batch drawn from lower levels, so the climb does not erase them")
+    dynamic_sampling: bool = Field(False, description="DAPO: resample problems whose group scored all alike (no signal)")
+
+    @model_validator(mode="after")
+    def _levels(self):
+        if self.max_level < self.start_level:
+            raise ValueError(f"max_level ({self.max_level}) is below start_level ({self.start_level})")
+        return self
+
+
+Stage = Annotated[Union[WarmStartStage, ExploreStage], Field(discriminator="kind")]
+
+
+class RunConfig(Strict):
+    name: str = Field("run", description="run name; the run directory defaults to runs/<name>")
+    seed: int = 0
+    run_dir: str | None = Field(None, description="where outputs go (default runs/<name>)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores)")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    stages: list[Stage] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self):
+        names = [stage.name for stage in self.stages]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"stage names must be unique: {', '.join(duplicates)}")
+        return self
+
+
+def _parse_value(text: str) -> Any:
+    """`key=value` values are YAML scalars or flow collections: 3, 0.5, true, [1, 2], {a: 1}."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(data: dict, dotted: str) -> None:
+    """Set `a.b.0.c=value` in nested dicts/lists; list indices are integers."""
+    if "=" not in dotted:
+        raise UserError(f"override '{dotted}': expected key=value")
+    key, value = dotted.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"override '{key}': '{part}' is not an index of a {len(node)}-item list")
+            index: Any = int(part)
+        elif isinstance(node, dict):
+            index = part
+            if not last and index not in node:
+                node[index] = {}
+        else:
+            raise UserError(f"override '{key}': '{'.'.join(parts[:i])}' is not a mapping or list")
+        if last:
+            node[index] = _parse_value(value)
+        else:
+            node = node[index]
+
+
+def _field_path(location: tuple) -> str:
+    # pydantic puts the discriminator tag ('warmstart') into the location: drop it for users.
+    return ".".join(str(p) for p in location if p not in ("warmstart", "explore"))
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    field = _field_path(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {field or 'config'}: {message}{suffix}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read YAML (the embedded quickstart when `path` is None), apply overrides, validate."""
+    source = Path(path) if path else DEFAULT_CONFIG
+    if not source.is_file():
+        raise UserError(f"config: no such file '{source}'")
+    try:
+        data = yaml.safe_load(source.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else str(source)
+        raise UserError(f"{where}: invalid YAML: {getattr(error, 'problem', error)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: the config must be a mapping of fields")
+    for override in overrides:
+        apply_override(data, override)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise UserError(format_validation_error(error, str(source))) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,144 @@
+"""Runs the stages of one config in order: builds the policy and task, gives each stage its loop,
+evaluates held-out greedy accuracy after each, writes checkpoints and `summary.json`, resumes from
+the newest checkpoint after a crash.
+
+    shrinkthink run                    # the quickstart
+    shrinkthink run --resume runs/quickstart
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shrinkthink.config import RunConfig, dump_config
+from shrinkthink.errors import UserError
+from shrinkthink.policy import Policy, pick_device
+from shrinkthink.rundir import RunDir
+from shrinkthink.stages import StageContext, explore, warmstart
+from shrinkthink.tasks import make_task
+
+STAGE_LOOPS = {"warmstart": warmstart.run, "explore": explore.run}
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    return Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def eval_tokens(config: RunConfig, results: dict[str, Any]) -> int:
+    """Greedy evaluation length: the longest completion any stage allowed."""
+    lengths = [s.sampling.max_new_tokens for s in config.stages if hasattr(s, "sampling")]
+    lengths += [r["max_new_tokens"] for r in results.values() if "max_new_tokens" in r]
+    return max(lengths or [128])
+
+
+def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    began = time.time()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    path = Path(run_dir or config.run_dir or default_run_dir(config))
+    if not resume and (path / "summary.json").exists():
+        raise UserError(f"run_dir: '{path}' already holds a run; pass --resume or choose another run_dir")
+    run = RunDir(path)
+    device = pick_device(config.device)
+    task = make_task(config.task.name, config.task.options)
+
+    summary: dict[str, Any] = {"run_dir": str(path), "seconds": 0.0, "stages": []}
+    first_stage, resume_state = 0, None
+    latest = run.latest() if resume else None
+    if latest:
+        checkpoint, state = latest
+        policy = Policy.load(checkpoint, device)
+        summary = run.read_summary() or summary
+        first_stage = state["stage_index"]
+        if state.get("stage_step"):
+            resume_state = state
+            optimizer_file = checkpoint / "optimizer.pt"
+            resume_state["optimizer"] = torch.load(optimizer_file, map_location=device) if optimizer_file.exists() else None
+        run.truncate_metrics(lambda r: r.get("stage_index", 0) < first_stage or (
+            r.get("stage_index") == first_stage and r.get("step", 0) <= state.get("stage_step", 0)))
+        began -= summary.get("seconds", 0.0)
+    else:
+        if resume:
+            raise UserError(f"--resume: no checkpoint in '{path}'")
+        run.write_config(dump_config(config))
+        policy = Policy.from_config(config.model, device, seed=config.seed)
+    summary["model_parameters"] = sum(p.numel() for p in policy.model.parameters())
+    stage_extras: dict[str, Any] = {}
+
+    for index in range(first_stage, len(config.stages)):
+        stage = config.stages[index]
+        ctx = StageContext(config=config, policy=policy, task=task, run=run, stage_index=index,
+                           stage_name=stage.name, progress=progress, resume_state=resume_state)
+        if resume_state:
+            ctx.started -= resume_state.get("stage_seconds", 0.0)
+        resume_state = None
+        result = STAGE_LOOPS[stage.kind](ctx, stage)
+        stage_extras[stage.name] = result.extra
+        stage_seconds = time.time() - ctx.started
+        evaluation = ctx.evaluate(config.task.eval_levels, config.task.eval_problems, eval_tokens(config, stage_extras))
+        entry = {
+            "name": stage.name,
+            "kind": stage.kind,
+            "accuracy": evaluation.accuracy,
+            "accuracy_by_level": {str(k): v for k, v in evaluation.accuracy_by_level.items()},
+            "mean_reasoning_tokens": evaluation.mean_reasoning_tokens,
+            "digression_share": evaluation.digression_share,
+            "seconds": stage_seconds,
+            "steps": result.steps,
+            "stop_reason": result.stop_reason,
+            **result.extra,
+        }
+        summary["stages"] = [s for s in summary["stages"] if s["name"] != stage.name] + [entry]
+        summary["seconds"] = time.time() - began
+        run.log({"stage": stage.name, "stage_index": index, "step": result.steps, "event": "stage_end",
+                 **{k: v for k, v in entry.items() if k not in ("name", "kind")}})
+        write_samples(run.path / "samples" / f"{stage.name}.txt", evaluation.transcripts)
+        run.save_policy(stage.name, policy)
+        run.save_latest(policy, None, {"stage_index": index + 1, "stage_step": 0})
+        run.write_summary(summary)
+    run.close()
+    try:
+        from shrinkthink.report import plot_run
+
+        summary["plots"] = [str(p) for p in plot_run(run.path)]
+    except Exception as error:  # a plot must never cost the run its results
+        summary["plots_error"] = f"{type(error).__name__}: {error}"
+    summary["seconds"] = time.time() - began
+    run.write_summary(summary)
+    return summary
+
+
+def write_samples(path: Path, transcripts, per_level: int = 3) -> None:
+    """A few held-out transcripts per level, for a person to read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shown: dict[int, int] = {}
+    blocks = []
+    for problem, text, score in transcripts:
+        if shown.get(problem.level, 0) >= per_level:
+            continue
+        shown[problem.level] = shown.get(problem.level, 0) + 1
+        blocks.append(f"### level {problem.level}  score {score:.0f}  answer {problem.answer}\n"
+                      f"{problem.prompt}\n---\n{text}\n")
+    path.write_text("\n".join(blocks))
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The table the CLI prints at the end of a run."""
+    rows = [("stage", "accuracy", "by level", "reasoning tok", "digression", "steps", "seconds")]
+    for s in summary["stages"]:
+        by_level = " ".join(f"{k}:{v:.2f}" for k, v in s["accuracy_by_level"].items())
+        digression = "-" if s["digression_share"] is None else f"{s['digression_share']:.2f}"
+        rows.append((s["name"], f"{s['accuracy']:.3f}", by_level, f"{s['mean_reasoning_tokens']:.1f}",
+                     digression, str(s["steps"]), f"{s['seconds']:.0f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + f"\n\nrun dir: {summary['run_dir']}   total: {summary['seconds']:.0f} s"

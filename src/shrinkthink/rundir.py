@@ -1,0 +1,111 @@
+"""The run directory: resolved config, an append-only metrics log, checkpoints and a summary.
+
+Every file that matters is replaced atomically (written beside, then renamed), so a crash at any
+moment leaves the previous version whole. Checkpoints keep the previous one until the new one is
+complete.
+
+    runs/<name>/config.yaml  metrics.jsonl  summary.json  plots/  samples/
+                checkpoints/latest/  (resumable: weights, optimizer, state.json)
+                checkpoints/<stage>/ (each finished stage's policy, loadable by `eval` and `sample`)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shrinkthink.policy import Policy
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = self.path / "checkpoints"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self._metrics = None
+
+    def write_config(self, text: str) -> None:
+        write_atomic(self.path / "config.yaml", text)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self._metrics is None:
+            self._metrics = open(self.metrics_path, "a")
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_atomic(self.path / "summary.json", json.dumps(summary, indent=2))
+
+    def read_summary(self) -> dict[str, Any] | None:
+        path = self.path / "summary.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save_policy(self, name: str, policy: Policy) -> Path:
+        """A finished stage's policy, loadable with `Policy.load`."""
+        target = self.checkpoints / name
+        tmp = self.checkpoints / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.save(tmp)
+        self._swap_in(tmp, target)
+        return target
+
+    def save_latest(self, policy: Policy, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
+        """The resumable checkpoint: weights, optimizer state, and where the run stands."""
+        tmp = self.checkpoints / ".latest.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.save(tmp)
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        write_atomic(tmp / "state.json", json.dumps(state, indent=2))
+        self._swap_in(tmp, self.checkpoints / "latest")
+
+    def _swap_in(self, tmp: Path, target: Path) -> None:
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest complete resumable checkpoint (the previous one if a crash hit a swap)."""
+        for candidate in (self.checkpoints / "latest", self.checkpoints / ".latest.old"):
+            state = candidate / "state.json"
+            if state.is_file():
+                return candidate, json.loads(state.read_text())
+        return None
+
+    def truncate_metrics(self, keep) -> None:
+        """Drop metric lines written after the checkpoint a resumed run restarts from (a crashed
+        run logged steps that will be run again); `keep(record)` says which lines stay."""
+        if not self.metrics_path.is_file():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the crash
+            if keep(record):
+                kept.append(line)
+        write_atomic(self.metrics_path, "".join(l + "\n" for l in kept))

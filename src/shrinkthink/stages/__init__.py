@@ -1,0 +1,54 @@
+"""Stages of the curriculum. Each owns an explicit loop (warmstart.py, explore.py) and talks to the
+run through a `StageContext`: log a step, save a resumable checkpoint, evaluate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from shrinkthink.config import RunConfig
+from shrinkthink.evaluate import Evaluation, evaluate
+from shrinkthink.policy import Policy
+from shrinkthink.rundir import RunDir
+from shrinkthink.tasks.base import Task
+
+
+@dataclass
+class StageResult:
+    steps: int
+    stop_reason: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    config: RunConfig
+    policy: Policy
+    task: Task
+    run: RunDir
+    stage_index: int
+    stage_name: str
+    progress: bool = True
+    resume_state: dict[str, Any] | None = None
+    started: float = field(default_factory=time.time)
+
+    def log(self, step: int, **fields: Any) -> None:
+        self.run.log({"stage": self.stage_name, "stage_index": self.stage_index, "step": step, **fields})
+
+    def checkpoint(self, step: int, optimizer, stage_state: dict[str, Any]) -> None:
+        self.run.save_latest(
+            self.policy,
+            optimizer,
+            {"stage_index": self.stage_index, "stage_step": step, "stage_state": stage_state,
+             "stage_seconds": time.time() - self.started},
+        )
+
+    def evaluate(self, levels: list[int], n: int, max_new_tokens: int, seed: int = 1) -> Evaluation:
+        return evaluate(self.policy, self.task, levels, n, max_new_tokens=max_new_tokens, seed=seed)
+
+    def bar(self, total: int, initial: int) -> tqdm:
+        return tqdm(total=total, initial=initial, desc=self.stage_name, disable=not self.progress,
+                    dynamic_ncols=True, leave=True)

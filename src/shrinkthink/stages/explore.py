@@ -1,0 +1,128 @@
+"""Explore: outcome-only reinforcement learning. The reward is the verified final answer and
+nothing else (no format, length or style terms): the model may yap, digress and skip steps, as
+long as it gets there. The level rises when held-out greedy accuracy at the current level passes
+`promote_at`; a share of each batch replays lower levels so the climb does not erase them.
+
+    shrinkthink run configs/quickstart.yaml   # the second stage
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from shrinkthink.config import ExploreStage
+from shrinkthink.learners import Learner
+from shrinkthink.records import Episode, Problem
+from shrinkthink.stages import StageContext, StageResult
+from shrinkthink.tasks.base import reasoning_part
+
+POOL_PER_LEVEL = 4000
+RESAMPLE_ROUNDS = 2  # dynamic sampling: extra rollouts to replace groups with no signal
+
+
+def draw_problems(pools: dict[int, list[Problem]], level: int, n: int, replay: float,
+                  rng: random.Random) -> list[Problem]:
+    """`n` problems at `level`, of which a `replay` share comes from the levels below it."""
+    lower = [lv for lv in pools if lv < level]
+    replayed = round(n * replay) if lower else 0
+    return [rng.choice(pools[level]) for _ in range(n - replayed)] + [
+        rng.choice(pools[rng.choice(lower)]) for _ in range(replayed)
+    ]
+
+
+def rollout(ctx: StageContext, stage: ExploreStage, problems: list[Problem]) -> tuple[list[Episode], dict]:
+    """G samples of each problem, scored by the task's verifier (the only reward term)."""
+    policy, size = ctx.policy, stage.learner.group_size
+    prompts = [policy.prompt_ids(p.prompt) for p in problems]
+    samples = policy.sample([p for p in prompts for _ in range(size)], max_new_tokens=stage.sampling.max_new_tokens,
+                            temperature=stage.sampling.temperature, top_p=stage.sampling.top_p)
+    episodes = []
+    for i, (ids, logprobs, finished) in enumerate(zip(samples.completion_ids, samples.logprobs, samples.finished)):
+        problem = problems[i // size]
+        text = policy.decode(ids)
+        correct = ctx.task.score(problem, text) if finished else 0.0
+        episodes.append(Episode(
+            problem=problem, prompt_ids=prompts[i // size], completion_ids=ids, logprobs=logprobs, text=text,
+            finished=finished, answer=ctx.task.extract(text), reward=correct, components={"correct": correct},
+            reasoning_tokens=policy.count_tokens(reasoning_part(text)),
+        ))
+    return episodes, {"entropy_sum": samples.entropy_sum, "tokens": samples.tokens}
+
+
+def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
+    policy, task, seed = ctx.policy, ctx.task, ctx.config.seed
+    size = stage.learner.group_size
+    learner = Learner(policy, stage.learner, stage.sampling.temperature)
+    pools = {lv: task.problems(lv, POOL_PER_LEVEL, "train", seed=seed) for lv in range(task.min_level, stage.max_level + 1)}
+    level, start = stage.start_level, 0
+    if ctx.resume_state:
+        start = ctx.resume_state["stage_step"]
+        level = ctx.resume_state["stage_state"]["level"]
+        learner.optimizer.load_state_dict(ctx.resume_state["optimizer"])
+    bar = ctx.bar(stage.steps, start)
+    stop_reason, step = "step budget", start
+    for step in range(start, stage.steps):
+        began = time.time()
+        rng = random.Random(f"{seed}:{ctx.stage_name}:{step}")
+        torch.manual_seed(hash((seed, ctx.stage_name, step)) % 2**31)
+        problems = draw_problems(pools, level, stage.learner.problems_per_step, stage.replay, rng)
+        episodes, info = rollout(ctx, stage, problems)
+        groups = [list(range(i * size, (i + 1) * size)) for i in range(len(problems))]
+        zero_variance = sum(len({episodes[j].reward for j in g}) == 1 for g in groups) / len(groups)
+        rounds = 0
+        while stage.dynamic_sampling and rounds < RESAMPLE_ROUNDS:
+            flat = [g for g in groups if len({episodes[j].reward for j in g}) == 1]
+            if not flat:
+                break
+            rounds += 1
+            extra, more = rollout(ctx, stage, draw_problems(pools, level, len(flat), stage.replay, rng))
+            info = {k: info[k] + more[k] for k in info}
+            keep = [g for g in groups if g not in flat]
+            offset = len(episodes)
+            episodes += extra
+            fresh = [list(range(offset + i * size, offset + (i + 1) * size)) for i in range(len(flat))]
+            groups = keep + fresh
+        sample_seconds = time.time() - began
+        stats = learner.update(episodes, groups)
+        used = [episodes[j] for g in groups for j in g]
+        seconds = time.time() - began
+        record = {
+            "level": level,
+            "reward": sum(e.reward for e in used) / len(used),
+            "reward_correct": sum(e.components["correct"] for e in used) / len(used),
+            "train_accuracy_level": sum(e.reward for e in used if e.problem.level == level)
+            / max(1, sum(e.problem.level == level for e in used)),
+            "mean_reasoning_tokens": sum(e.reasoning_tokens for e in used) / len(used),
+            "mean_completion_tokens": sum(len(e.completion_ids) for e in used) / len(used),
+            "finished_share": sum(e.finished for e in used) / len(used),
+            "entropy": info["entropy_sum"] / max(1, info["tokens"]),
+            "zero_variance_share": zero_variance,
+            "resample_rounds": rounds,
+            "seconds": seconds,
+            "sample_seconds": sample_seconds,
+            "tokens_per_s": info["tokens"] / max(sample_seconds, 1e-9),
+            **{f"learner_{k}": v for k, v in stats.items()},
+        }
+        done = step + 1
+        if done % stage.eval_every == 0 or done == stage.steps:
+            evaluation = ctx.evaluate([level], stage.eval_problems, stage.sampling.max_new_tokens)
+            accuracy = evaluation.accuracy
+            record |= {"accuracy": accuracy, f"accuracy_level_{level}": accuracy,
+                       "eval_reasoning_tokens": evaluation.mean_reasoning_tokens}
+            if accuracy >= stage.promote_at and level < stage.max_level:
+                level += 1
+                record["promoted_to"] = level
+            elif level == stage.max_level and stage.gate.accuracy is not None and accuracy >= stage.gate.accuracy:
+                stop_reason = f"gate: accuracy {accuracy:.2f} at level {level}"
+        ctx.log(done, **record)
+        bar.set_postfix(level=level, reward=f"{record['reward']:.2f}", acc=f"{record.get('accuracy', float('nan')):.2f}")
+        bar.update(1)
+        if done % stage.checkpoint_every == 0 and done < stage.steps:
+            ctx.checkpoint(done, learner.optimizer, {"level": level})
+        if stop_reason != "step budget":
+            break
+    bar.close()
+    return StageResult(steps=step + 1 if stage.steps else 0, stop_reason=stop_reason, extra={"final_level": level})
