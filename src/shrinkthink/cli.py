@@ -20,6 +20,9 @@ import sys
 from shrinkthink.errors import UserError
 
 EXIT_USER_ERROR = 2
+# `--debug` is accepted after the command too; SUPPRESS keeps a command's unset default from
+# overwriting `shrinkthink --debug <command>` (argparse copies subparser defaults over the parent's)
+SUB_DEBUG = dict(action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
     run.add_argument("--run-dir", help="where to write the run (default: runs/<name>-<time>)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--debug", **SUB_DEBUG)
 
     evaluate = commands.add_parser("eval", help="held-out greedy accuracy of a checkpoint on a task")
     evaluate.add_argument("checkpoint")
@@ -43,17 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=int, default=100, help="held-out problems per level")
     evaluate.add_argument("--pass-k", type=int, default=0, help="also report pass@k by sampling k attempts")
     evaluate.add_argument("--max-new-tokens", type=int, default=128)
-    evaluate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    evaluate.add_argument("--debug", **SUB_DEBUG)
 
     sample = commands.add_parser("sample", help="answer one question with a checkpoint")
     sample.add_argument("checkpoint")
     sample.add_argument("question")
     sample.add_argument("--max-new-tokens", type=int, default=128)
     sample.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    sample.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    sample.add_argument("--debug", **SUB_DEBUG)
 
     tasks = commands.add_parser("tasks", help="list the tasks, a line each")
-    tasks.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    tasks.add_argument("--debug", **SUB_DEBUG)
     return parser
 
 

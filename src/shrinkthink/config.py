@@ -50,7 +50,8 @@ class Sampling(Strict):
 
 class LearnerConfig(Strict):
     name: Literal["grpo", "rloo", "expert_iteration"] = Field("grpo", description="grpo: group-normalised advantages, clipped ratio; rloo: leave-one-out baseline; expert_iteration: keep verified winners and fine-tune (STaR / ReST-EM)")
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-4, gt=0, description="keep it at or below where the warm start ended: Adam's first steps move every weight by about lr")
+    warmup_steps: int = Field(10, ge=0, description="updates over which the learning rate ramps up from lr/warmup_steps")
     group_size: int = Field(16, ge=2, description="G: samples per problem")
     problems_per_step: int = Field(8, ge=1)
     scale_by_std: bool = Field(True, description="grpo: divide advantages by the group std (Dr. GRPO: false)")

@@ -60,8 +60,8 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
         first_stage = state["stage_index"]
         if state.get("stage_step"):
             resume_state = state
-            optimizer_file = checkpoint / "optimizer.pt"
-            resume_state["optimizer"] = torch.load(optimizer_file, map_location=device) if optimizer_file.exists() else None
+            trainer_file = checkpoint / "trainer.pt"
+            resume_state["trainer"] = torch.load(trainer_file, map_location=device) if trainer_file.exists() else None
         run.truncate_metrics(lambda r: r.get("stage_index", 0) < first_stage or (
             r.get("stage_index") == first_stage and r.get("step", 0) <= state.get("stage_step", 0)))
         began -= summary.get("seconds", 0.0)
@@ -69,9 +69,12 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
         if resume:
             raise UserError(f"--resume: no checkpoint in '{path}'")
         run.write_config(dump_config(config))
+        run.truncate_metrics(lambda record: False)  # lines of a run that crashed before any checkpoint
         policy = Policy.from_config(config.model, device, seed=config.seed)
     summary["model_parameters"] = sum(p.numel() for p in policy.model.parameters())
-    stage_extras: dict[str, Any] = {}
+    # a resumed run's finished stages still count: their extras (warm start's completion length)
+    # set how long later evaluations sample
+    stage_extras: dict[str, Any] = {s["name"]: s for s in summary["stages"]}
 
     for index in range(first_stage, len(config.stages)):
         stage = config.stages[index]
@@ -102,8 +105,10 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
                  **{k: v for k, v in entry.items() if k not in ("name", "kind")}})
         write_samples(run.path / "samples" / f"{stage.name}.txt", evaluation.transcripts)
         run.save_policy(stage.name, policy)
-        run.save_latest(policy, None, {"stage_index": index + 1, "stage_step": 0})
+        # summary first: a crash between the two then reruns the stage's tail instead of
+        # resuming past a stage the summary never recorded
         run.write_summary(summary)
+        run.save_latest(policy, None, {"stage_index": index + 1, "stage_step": 0})
     run.close()
     try:
         from shrinkthink.report import plot_run

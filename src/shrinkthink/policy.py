@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from shrinkthink.config import ModelConfig
 from shrinkthink.model import load_pretrained, tiny_policy
@@ -94,5 +95,6 @@ class Policy:
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
+        hf_logging.disable_progress_bar()  # one bar per checkpoint would drown the stage's own
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)

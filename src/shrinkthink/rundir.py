@@ -69,13 +69,14 @@ class RunDir:
         self._swap_in(tmp, target)
         return target
 
-    def save_latest(self, policy: Policy, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
-        """The resumable checkpoint: weights, optimizer state, and where the run stands."""
+    def save_latest(self, policy: Policy, trainer: dict[str, Any] | None, state: dict[str, Any]) -> None:
+        """The resumable checkpoint: weights, the trainer's state (optimizer, schedule), and where
+        the run stands."""
         tmp = self.checkpoints / ".latest.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         policy.save(tmp)
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if trainer is not None:
+            torch.save(trainer, tmp / "trainer.pt")
         write_atomic(tmp / "state.json", json.dumps(state, indent=2))
         self._swap_in(tmp, self.checkpoints / "latest")
 

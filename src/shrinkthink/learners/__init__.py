@@ -36,7 +36,7 @@ def supervised_step(policy: Policy, optimizer, prompts: list[list[int]], targets
     loss.backward()
     torch.nn.utils.clip_grad_norm_(policy.model.parameters(), max_grad_norm)
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
 
 def make_optimizer(policy: Policy, lr: float) -> torch.optim.Optimizer:
@@ -52,6 +52,8 @@ class Learner:
         self.config = config
         self.temperature = temperature
         self.optimizer = make_optimizer(policy, config.lr)
+        warmup = max(1, config.warmup_steps)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda update: min(1.0, (update + 1) / warmup))
         self.reference = None
         if config.kl_coef > 0 and config.name != "expert_iteration":
             self.reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
@@ -104,14 +106,22 @@ class Learner:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
                 self.optimizer.step()
+                self.schedule.step()
                 updates += 1
-                stats["loss"] += float(loss)
+                stats["loss"] += loss.item()
                 for key, value in step_stats.items():
                     stats[key] = stats.get(key, 0.0) + value
         for key in ("loss", "clip_fraction", "kl"):
             if key in stats:
                 stats[key] /= updates
         return stats
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
 
     def _expert_iteration(self, episodes: list[Episode]) -> dict[str, float]:
         seen: set[tuple[str, tuple[int, ...]]] = set()
@@ -131,4 +141,5 @@ class Learner:
                 self.policy, self.optimizer, [w.prompt_ids for w in winners], [w.completion_ids for w in winners],
                 self.config.max_grad_norm,
             )
+            self.schedule.step()
         return stats

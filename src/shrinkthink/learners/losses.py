@@ -56,7 +56,7 @@ def clipped_policy_loss(
         log_ratio = ref_logprobs - logprobs
         kl = torch.exp(log_ratio) - log_ratio - 1
         per_token = per_token + kl_coef * kl
-        stats["kl"] = float((kl * mask).sum() / tokens)
+        stats["kl"] = float((kl.detach() * mask).sum() / tokens)
     loss = (per_token * mask).sum() / tokens
     return loss, stats
 

@@ -38,10 +38,10 @@ class StageContext:
     def log(self, step: int, **fields: Any) -> None:
         self.run.log({"stage": self.stage_name, "stage_index": self.stage_index, "step": step, **fields})
 
-    def checkpoint(self, step: int, optimizer, stage_state: dict[str, Any]) -> None:
+    def checkpoint(self, step: int, trainer: dict[str, Any], stage_state: dict[str, Any]) -> None:
         self.run.save_latest(
             self.policy,
-            optimizer,
+            trainer,
             {"stage_index": self.stage_index, "stage_step": step, "stage_state": stage_state,
              "stage_seconds": time.time() - self.started},
         )

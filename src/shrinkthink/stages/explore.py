@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+import zlib
 
 import torch
 
@@ -61,13 +62,15 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
     if ctx.resume_state:
         start = ctx.resume_state["stage_step"]
         level = ctx.resume_state["stage_state"]["level"]
-        learner.optimizer.load_state_dict(ctx.resume_state["optimizer"])
+        learner.load_state_dict(ctx.resume_state["trainer"])
     bar = ctx.bar(stage.steps, start)
     stop_reason, step = "step budget", start
     for step in range(start, stage.steps):
         began = time.time()
         rng = random.Random(f"{seed}:{ctx.stage_name}:{step}")
-        torch.manual_seed(hash((seed, ctx.stage_name, step)) % 2**31)
+        # str hashes change with each process (PYTHONHASHSEED): crc32 keeps a run reproducible
+        # and a resumed step identical to the one that crashed
+        torch.manual_seed(zlib.crc32(f"{seed}:{ctx.stage_name}:{step}".encode()))
         problems = draw_problems(pools, level, stage.learner.problems_per_step, stage.replay, rng)
         episodes, info = rollout(ctx, stage, problems)
         groups = [list(range(i * size, (i + 1) * size)) for i in range(len(problems))]
@@ -121,7 +124,7 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
         bar.set_postfix(level=level, reward=f"{record['reward']:.2f}", acc=f"{record.get('accuracy', float('nan')):.2f}")
         bar.update(1)
         if done % stage.checkpoint_every == 0 and done < stage.steps:
-            ctx.checkpoint(done, learner.optimizer, {"level": level})
+            ctx.checkpoint(done, learner.state_dict(), {"level": level})
         if stop_reason != "step budget":
             break
     bar.close()

@@ -36,7 +36,7 @@ def run(ctx: StageContext, stage: WarmStartStage) -> StageResult:
     start = 0
     if ctx.resume_state:
         start = ctx.resume_state["stage_step"]
-        optimizer.load_state_dict(ctx.resume_state["optimizer"])
+        optimizer.load_state_dict(ctx.resume_state["trainer"]["optimizer"])
     max_new = max(len(policy.completion_ids(task.demonstration(p, random.Random(0), stage.digression_rate)))
                   for p in pool[:: max(1, len(pool) // 200)]) * 2
     bar = ctx.bar(stage.steps, start)
@@ -68,7 +68,7 @@ def run(ctx: StageContext, stage: WarmStartStage) -> StageResult:
         ctx.log(done, **record)
         bar.update(1)
         if done % stage.checkpoint_every == 0 and done < stage.steps:
-            ctx.checkpoint(done, optimizer, {})
+            ctx.checkpoint(done, {"optimizer": optimizer.state_dict()}, {})
         if stop_reason != "step budget":
             break
     bar.close()

@@ -1,0 +1,161 @@
+"""The learners on a tiny randomly initialised policy: rollout, score, update, and the reward
+rises (GRPO, RLOO, expert iteration). Plus the invariance that makes the loss token-level: one
+batch of 8 episodes has the loss and gradient of the token-weighted combination of 8 batches of 1.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from shrinkthink.config import LearnerConfig
+from shrinkthink.learners import Learner
+from shrinkthink.learners.batch import completion_logprobs, pack
+from shrinkthink.learners.losses import clipped_policy_loss
+from shrinkthink.model import tiny_policy
+from shrinkthink.policy import Policy
+from shrinkthink.records import Episode, Problem
+from shrinkthink.tasks.base import Task
+
+TARGET = "7"
+
+
+class FirstDigitTask(Task):
+    """Reward 1.0 when the completion starts with the digit 7: a signal a random policy finds
+    about once in a hundred samples, so only learning can raise it."""
+
+    name = "first-digit"
+    description = "test task: start the answer with 7"
+
+    def generate(self, level: int, rng: random.Random) -> Problem:
+        a, b = rng.randrange(100), rng.randrange(100)
+        return Problem(id=f"fd-{a}-{b}", prompt=f"{a}+{b}=?", answer=TARGET, level=level)
+
+    def is_correct(self, problem: Problem, answer: str) -> bool:
+        return answer == TARGET
+
+    def score(self, problem: Problem, completion: str) -> float:
+        return float(completion[:1] == TARGET)
+
+
+def train(name: str, steps: int, *, lr: float = 3e-3, max_new_tokens: int = 3, seed: int = 0) -> list[float]:
+    """Mean reward of each step's rollout, as stages/explore.py runs it: G samples per problem,
+    scored by the task, then one learner update."""
+    config = LearnerConfig(name=name, group_size=16, problems_per_step=4, lr=lr)
+    model, tokenizer = tiny_policy(depth=2, seed=seed)
+    policy = Policy(model, tokenizer)
+    learner = Learner(policy, config)
+    task = FirstDigitTask()
+    pool = task.problems(1, 64, "train", seed=seed)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    size = config.group_size
+    rewards = []
+    for _ in range(steps):
+        problems = [rng.choice(pool) for _ in range(config.problems_per_step)]
+        prompts = [policy.prompt_ids(p.prompt) for p in problems]
+        samples = policy.sample([p for p in prompts for _ in range(size)], max_new_tokens=max_new_tokens)
+        episodes = []
+        for i, (ids, logprobs) in enumerate(zip(samples.completion_ids, samples.logprobs)):
+            text = policy.decode(ids)
+            reward = task.score(problems[i // size], text)
+            # The answer is the first character, so every attempt is complete once it has one;
+            # expert iteration only keeps finished winners.
+            episodes.append(Episode(problem=problems[i // size], prompt_ids=prompts[i // size], completion_ids=ids,
+                                    logprobs=logprobs, text=text, finished=True, reward=reward,
+                                    components={"correct": reward}))
+        groups = [list(range(g * size, (g + 1) * size)) for g in range(len(problems))]
+        stats = learner.update(episodes, groups)
+        assert stats["trained_episodes"] >= 0
+        rewards.append(sum(e.reward for e in episodes) / len(episodes))
+    return rewards
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def test_grpo_raises_the_reward() -> None:
+    rewards = train("grpo", 30)
+    assert mean(rewards[:5]) < 0.15
+    assert mean(rewards[-5:]) > mean(rewards[:5]) + 0.4
+
+
+def test_rloo_raises_the_reward() -> None:
+    rewards = train("rloo", 25)
+    assert mean(rewards[-5:]) > mean(rewards[:5]) + 0.3
+
+
+def test_expert_iteration_raises_the_reward() -> None:
+    rewards = train("expert_iteration", 20, lr=1e-2)
+    assert mean(rewards[-5:]) > mean(rewards[:5]) + 0.3
+
+
+def episodes_of_different_lengths(policy: Policy, n: int = 8) -> tuple[list[Episode], torch.Tensor]:
+    """`n` sampled episodes with stale 'old' log-probabilities (so ratios differ from 1 and some
+    are clipped) and mixed-sign advantages."""
+    texts = ["1+2=?", "12+7+30=?", "3=?", "99+1+2+3+4=?"]
+    prompts = [policy.prompt_ids(texts[i % len(texts)]) for i in range(n)]
+    torch.manual_seed(0)
+    samples = policy.sample(prompts, max_new_tokens=12)
+    generator = torch.Generator().manual_seed(1)
+    episodes = []
+    for i, (prompt, ids, logprobs) in enumerate(zip(prompts, samples.completion_ids, samples.logprobs)):
+        length = 3 + i  # 3..10 completion tokens
+        stale = (torch.tensor(logprobs[:length]) + 0.3 * torch.randn(length, generator=generator)).tolist()
+        episodes.append(Episode(problem=Problem(id=str(i), prompt=texts[i % len(texts)], answer="0"),
+                                prompt_ids=prompt, completion_ids=ids[:length], logprobs=stale, text="",
+                                finished=False))
+    advantages = torch.tensor([1.0, -0.5, 2.0, -1.5, 0.3, -0.2, 1.2, -0.8])[:n]
+    return episodes, advantages
+
+
+def loss_and_grad(policy: Policy, episodes: list[Episode], advantages: torch.Tensor):
+    """The learner's loss on one packed batch, and the gradient it leaves on the parameters."""
+    ids, attention, predictor, mask = pack([e.prompt_ids for e in episodes], [e.completion_ids for e in episodes],
+                                           policy.pad_id, "cpu")
+    old = torch.zeros(mask.shape)
+    for row, episode in enumerate(episodes):
+        old[row, : len(episode.logprobs)] = torch.tensor(episode.logprobs)
+    policy.model.zero_grad(set_to_none=True)
+    logprobs = completion_logprobs(policy.model, ids, attention, predictor)
+    loss, stats = clipped_policy_loss(logprobs, old, advantages, mask, 0.2, 0.28)
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in policy.model.parameters()])
+    return loss.item(), grads, stats
+
+
+def test_one_batch_equals_the_token_weighted_sum_of_single_episodes() -> None:
+    model, tokenizer = tiny_policy(depth=2, seed=0)
+    policy = Policy(model.eval(), tokenizer)  # eval: no dropout, though the tiny model has none
+    episodes, advantages = episodes_of_different_lengths(policy)
+    lengths = torch.tensor([len(e.completion_ids) for e in episodes], dtype=torch.float)
+    assert len(set(lengths.tolist())) == len(episodes)
+    batch_loss, batch_grad, stats = loss_and_grad(policy, episodes, advantages)
+    assert 0 < stats["clip_fraction"] < 1  # both branches of the clip are exercised
+    singles = [loss_and_grad(policy, [e], advantages[i : i + 1]) for i, e in enumerate(episodes)]
+    weights = lengths / lengths.sum()
+    combined_loss = sum(w * loss for w, (loss, _, _) in zip(weights.tolist(), singles))
+    combined_grad = sum(w * grad for w, (_, grad, _) in zip(weights.tolist(), singles))
+    assert batch_loss == pytest.approx(combined_loss, abs=1e-5)
+    assert torch.allclose(batch_grad, combined_grad, atol=1e-5, rtol=1e-4)
+    # and it is not the per-episode mean: that would weight short episodes up
+    per_episode_mean = mean([loss for loss, _, _ in singles])
+    assert abs(batch_loss - per_episode_mean) > 1e-3
+
+
+def test_zero_advantage_groups_are_skipped_unless_a_reference_needs_them() -> None:
+    model, tokenizer = tiny_policy(depth=2, seed=0)
+    policy = Policy(model, tokenizer)
+    episodes, _ = episodes_of_different_lengths(policy)
+    for i, episode in enumerate(episodes):
+        episode.reward = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0][i]
+    groups = [[0, 1, 2, 3], [4, 5, 6, 7]]  # the second group has no signal
+    stats = Learner(policy, LearnerConfig(group_size=4, problems_per_step=2)).update(episodes, groups)
+    assert stats["trained_episodes"] == 4
+    before = [p.detach().clone() for p in policy.model.parameters()]
+    stats = Learner(policy, LearnerConfig(group_size=4, problems_per_step=2, kl_coef=0.1)).update(episodes, groups)
+    assert stats["trained_episodes"] == 8 and stats["kl"] >= 0
+    assert any(not torch.equal(b, p) for b, p in zip(before, policy.model.parameters()))

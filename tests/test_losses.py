@@ -1,0 +1,132 @@
+"""The learners' math on hand-computed values: GRPO and RLOO advantages, the clipped token-level
+surrogate (both sides of the clip range, both signs of advantage), the k3 KL term, and the
+supervised cross-entropy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from shrinkthink.learners.losses import (
+    clipped_policy_loss,
+    group_advantages,
+    rloo_advantages,
+    token_cross_entropy,
+)
+
+
+def test_group_advantages_scaled_by_std() -> None:
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 0.0, 1.0, 1.0]])
+    # group 0: mean 0.5, unbiased std sqrt(1/3); group 1: mean 1, unbiased std sqrt(2/3)
+    expected = torch.tensor([
+        [0.5, -0.5, -0.5, 0.5],
+        [1.0, -1.0, 0.0, 0.0],
+    ]) / torch.tensor([[math.sqrt(1 / 3) + 1e-4], [math.sqrt(2 / 3) + 1e-4]])
+    assert torch.allclose(group_advantages(rewards), expected, atol=1e-6)
+
+
+def test_group_advantages_without_std_are_centred_rewards() -> None:
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [3.0, 1.0, 2.0, 2.0]])
+    expected = torch.tensor([[0.75, -0.25, -0.25, -0.25], [1.0, -1.0, 0.0, 0.0]])
+    assert torch.allclose(group_advantages(rewards, scale_by_std=False), expected)
+
+
+@pytest.mark.parametrize("scale_by_std", [True, False])
+def test_group_of_equal_rewards_gets_zero_advantage(scale_by_std: bool) -> None:
+    rewards = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
+    advantages = group_advantages(rewards, scale_by_std=scale_by_std)
+    assert torch.equal(advantages, torch.zeros_like(rewards))
+
+
+def test_rloo_advantages_subtract_the_mean_of_the_others() -> None:
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 6.0]])
+    # row 1: others' means are 11/3, 10/3, 3, 2
+    expected = torch.tensor([
+        [1.0, -1 / 3, -1 / 3, -1 / 3],
+        [1 - 11 / 3, 2 - 10 / 3, 0.0, 4.0],
+    ])
+    assert torch.allclose(rloo_advantages(rewards), expected, atol=1e-6)
+    assert torch.equal(rloo_advantages(torch.ones(2, 5)), torch.zeros(2, 5))
+
+
+def ratios_as_logprobs(ratios: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """New and old log-probabilities whose ratio is `ratios` (old = log 0.5 everywhere)."""
+    old = torch.full((len(ratios), len(ratios[0])), math.log(0.5))
+    new = (old + torch.tensor(ratios).log()).requires_grad_(True)
+    return new, old
+
+
+def test_clipped_loss_hand_values_inside_and_outside_the_clip_range() -> None:
+    # row 0, advantage +1: ratio 1.1 (inside), 1.5 (above 1+0.28: clipped), 0.5 (below 0.8: the
+    #   min keeps the unclipped 0.5).
+    # row 1, advantage -1, two real tokens: ratio 1.5 (the min keeps -1.5), 0.5 (clipped to 0.8);
+    #   its third token is padding with a wild ratio that must not count.
+    new, old = ratios_as_logprobs([[1.1, 1.5, 0.5], [1.5, 0.5, 100.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    advantages = torch.tensor([1.0, -1.0])
+    loss, stats = clipped_policy_loss(new, old, advantages, mask, clip_low=0.2, clip_high=0.28)
+    per_token = [-1.1, -1.28, -0.5, 1.5, 0.8]
+    assert loss.item() == pytest.approx(sum(per_token) / 5, abs=1e-6)
+    assert stats["clip_fraction"] == pytest.approx(2 / 5)
+    assert "kl" not in stats
+
+    # A clipped token passes no gradient; an unclipped one passes -A * ratio / tokens.
+    loss.backward()
+    expected_grad = torch.tensor([[-1.1, 0.0, -0.5], [1.5, 0.0, 0.0]]) / 5
+    assert torch.allclose(new.grad, expected_grad, atol=1e-6)
+
+
+def test_symmetric_clip_range() -> None:
+    new, old = ratios_as_logprobs([[1.25, 0.75]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    loss, stats = clipped_policy_loss(new, old, torch.tensor([2.0]), mask, clip_low=0.2, clip_high=0.2)
+    # 1.25 is clipped to 1.2; 0.75 stays (min of 0.75 and 0.8)
+    assert loss.item() == pytest.approx(-(2 * 1.2 + 2 * 0.75) / 2, abs=1e-6)
+    assert stats["clip_fraction"] == pytest.approx(0.5)
+
+
+def test_loss_is_a_token_level_mean_not_a_mean_of_sequence_means() -> None:
+    # ratio 1 everywhere: row 0 has 3 tokens at advantage +1, row 1 one token at -1.
+    new, old = ratios_as_logprobs([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    loss, stats = clipped_policy_loss(new, old, torch.tensor([1.0, -1.0]), mask)
+    assert loss.item() == pytest.approx((-3 + 1) / 4)  # a per-sequence mean would give 0
+    assert stats["clip_fraction"] == 0.0
+
+
+def test_k3_kl_term() -> None:
+    # policy p = 0.5, reference q = 0.25 on one token: k3 = q/p - log(q/p) - 1
+    logprobs = torch.tensor([[math.log(0.5), math.log(0.5)]])
+    reference = torch.tensor([[math.log(0.25), math.log(0.5)]])
+    mask = torch.tensor([[1, 1]], dtype=torch.bool)
+    k3 = 0.5 - math.log(0.5) - 1  # second token: p == q, k3 = 0
+    zero = torch.zeros(1)  # no policy-gradient term: only the KL remains
+    loss, stats = clipped_policy_loss(logprobs, logprobs, zero, mask, ref_logprobs=reference, kl_coef=0.1)
+    assert stats["kl"] == pytest.approx(k3 / 2, abs=1e-6)
+    assert loss.item() == pytest.approx(0.1 * k3 / 2, abs=1e-6)
+
+    loss, stats = clipped_policy_loss(logprobs, logprobs, zero, mask, ref_logprobs=reference, kl_coef=0.0)
+    assert loss.item() == 0.0 and "kl" not in stats
+
+
+def test_kl_adds_to_the_policy_term() -> None:
+    new, old = ratios_as_logprobs([[1.1]])
+    reference = old + math.log(2.0)  # q/p = 2/1.1
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    loss, _ = clipped_policy_loss(new, old, torch.tensor([1.0]), mask, ref_logprobs=reference, kl_coef=0.5)
+    q_over_p = 2 / 1.1
+    assert loss.item() == pytest.approx(-1.1 + 0.5 * (q_over_p - math.log(q_over_p) - 1), abs=1e-5)
+
+
+def test_token_cross_entropy_matches_torch_on_the_masked_positions() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=generator)
+    targets = torch.randint(0, 11, (3, 5), generator=generator)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 1, 1, 0, 0]], dtype=torch.bool)
+    expected = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
+    assert torch.allclose(token_cross_entropy(logits, targets, mask), expected, atol=1e-6)
+    # unmasked targets do not matter
+    scrambled = targets.masked_fill(~mask, 3)
+    assert torch.allclose(token_cross_entropy(logits, scrambled, mask), expected, atol=1e-6)

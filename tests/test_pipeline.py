@@ -1,0 +1,217 @@
+"""End to end through the CLI on a tiny model: a warm-start stage then an explore stage write the
+config, a metrics line per step, the summary, checkpoints and plots; a run that crashes mid-stage
+resumes to the same weights as one that did not; `eval` and `sample` read the checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shrinkthink.config import load_config
+from shrinkthink.pipeline import run_pipeline
+from shrinkthink.stages import StageContext
+
+CONFIG = """\
+name: e2e
+seed: 0
+threads: 1
+model: {kind: tiny, depth: 2}
+task: {name: arith, options: {max_operand: 3}, eval_levels: [1, 2], eval_problems: 8}
+stages:
+  - name: warm
+    kind: warmstart
+    steps: 30
+    levels: [1]
+    batch_size: 32
+    lr: 0.01
+    digression_rate: 0.0
+    warmup_steps: 5
+    eval_every: 30
+    eval_problems: 8
+    checkpoint_every: 10
+  - name: climb
+    kind: explore
+    steps: 5
+    max_level: 2
+    eval_every: 5
+    eval_problems: 8
+    checkpoint_every: 2
+    learner: {group_size: 8, problems_per_step: 4}
+    sampling: {max_new_tokens: 24}
+"""
+EXPLORE_FIELDS = {"reward", "level", "entropy", "zero_variance_share", "seconds", "tokens_per_s"}
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "shrinkthink", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def metric_lines(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def step_keys(run_dir: Path) -> list[tuple[str, int]]:
+    return [(r["stage"], r["step"]) for r in metric_lines(run_dir) if r.get("event") != "stage_end"]
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "e2e.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(config_path: Path, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "e2e"
+    result = cli("run", str(config_path), "--run-dir", str(run_dir), "--no-progress", cwd=config_path.parent)
+    assert result.returncode == 0, result.stderr
+    assert "climb" in result.stdout and "accuracy" in result.stdout  # the closing table
+    return run_dir
+
+
+def test_run_writes_config_metrics_summary_checkpoints_and_plots(finished_run: Path, config_path: Path) -> None:
+    assert load_config(finished_run / "config.yaml") == load_config(config_path)  # the resolved config
+
+    assert step_keys(finished_run) == [("warm", s) for s in range(1, 31)] + [("climb", s) for s in range(1, 6)]
+    records = metric_lines(finished_run)
+    for record in records:
+        if record["stage"] == "climb" and record.get("event") != "stage_end":
+            assert EXPLORE_FIELDS <= set(record), record
+            assert record["level"] in (1, 2) and 0 <= record["reward"] <= 1 and record["tokens_per_s"] > 0
+        elif record["stage"] == "warm" and record.get("event") != "stage_end":
+            assert {"loss", "lr", "seconds", "tokens_per_s"} <= set(record)
+    assert [r["stage"] for r in records if r.get("event") == "stage_end"] == ["warm", "climb"]
+
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert isinstance(summary["seconds"], float) and summary["seconds"] > 0
+    assert [s["name"] for s in summary["stages"]] == ["warm", "climb"]
+    for stage, steps in zip(summary["stages"], (30, 5)):
+        assert {"name", "accuracy", "mean_reasoning_tokens", "digression_share", "seconds", "steps"} <= set(stage)
+        assert stage["steps"] == steps and 0 <= stage["accuracy"] <= 1
+        assert set(stage["accuracy_by_level"]) == {"1", "2"}
+
+    for stage in ("warm", "climb"):
+        assert (finished_run / "checkpoints" / stage / "model.safetensors").is_file()
+    assert sorted(p.name for p in (finished_run / "plots").glob("*.png")) == ["accuracy_vs_tokens.png", "curves.png"]
+    assert (finished_run / "samples" / "climb.txt").read_text().startswith("### level")
+
+
+def test_explore_changed_the_parameters(finished_run: Path) -> None:
+    warm = load_file(finished_run / "checkpoints" / "warm" / "model.safetensors")
+    climb = load_file(finished_run / "checkpoints" / "climb" / "model.safetensors")
+    assert warm.keys() == climb.keys()
+    assert any(not torch.equal(warm[k], climb[k]) for k in warm)
+    trained = [r.get("learner_trained_episodes", 0) for r in metric_lines(finished_run) if r["stage"] == "climb"]
+    assert sum(trained) > 0  # some group had a reward to learn from
+
+
+def test_a_finished_run_dir_is_not_overwritten(finished_run: Path, config_path: Path) -> None:
+    with pytest.raises(Exception, match="already holds a run"):
+        run_pipeline(load_config(config_path), run_dir=str(finished_run), progress=False)
+
+
+def crash_in(stage: str, after_step: int, monkeypatch) -> None:
+    """Make the run die right after logging `stage`'s step `after_step` (a step that comes after
+    a checkpoint and will be run again)."""
+    log = StageContext.log
+
+    def crashing_log(self, step, **fields):
+        log(self, step, **fields)
+        if self.stage_name == stage and step == after_step:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(StageContext, "log", crashing_log)
+
+
+def test_crash_then_resume_by_cli_ends_where_an_uninterrupted_run_ends(
+    finished_run: Path, config_path: Path, tmp_path: Path, monkeypatch
+) -> None:
+    run_dir = tmp_path / "crashed"
+    crash_in("climb", 3, monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(load_config(config_path), run_dir=str(run_dir), progress=False)
+    monkeypatch.undo()
+    state = json.loads((run_dir / "checkpoints" / "latest" / "state.json").read_text())
+    assert (state["stage_index"], state["stage_step"]) == (1, 2)
+    assert ("climb", 3) in step_keys(run_dir)  # logged after the checkpoint: must not be doubled
+
+    result = cli("run", "--resume", str(run_dir), "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    keys = step_keys(run_dir)
+    assert not [k for k, n in Counter(keys).items() if n > 1]
+    assert keys == step_keys(finished_run)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [(s["name"], s["steps"]) for s in summary["stages"]] == [("warm", 30), ("climb", 5)]
+    # explore seeds every step from (seed, stage, step): the resumed run is the same run
+    resumed = load_file(run_dir / "checkpoints" / "climb" / "model.safetensors")
+    reference = load_file(finished_run / "checkpoints" / "climb" / "model.safetensors")
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    expected = json.loads((finished_run / "summary.json").read_text())["stages"]
+    for got, want in zip(summary["stages"], expected):
+        assert (got["accuracy_by_level"], got["mean_reasoning_tokens"]) == (want["accuracy_by_level"],
+                                                                              want["mean_reasoning_tokens"])
+
+
+def test_resumed_run_evaluates_as_long_as_an_uninterrupted_one(config_path: Path, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """The stage-end evaluation length comes from every stage so far, finished ones included."""
+    calls: list[tuple[str, int]] = []
+    evaluate = StageContext.evaluate
+
+    def spying_evaluate(self, levels, n, max_new_tokens, seed=1):
+        calls.append((self.stage_name, max_new_tokens))
+        return evaluate(self, levels, n, max_new_tokens, seed)
+
+    monkeypatch.setattr(StageContext, "evaluate", spying_evaluate)
+    config = load_config(config_path, ["stages.0.steps=10", "stages.0.eval_every=10", "stages.1.steps=3"])
+    run_pipeline(config, run_dir=str(tmp_path / "whole"), progress=False)
+    uninterrupted = list(calls)
+
+    log = StageContext.log
+    crash_in("climb", 2, monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(config, run_dir=str(tmp_path / "crashed"), progress=False)
+    monkeypatch.setattr(StageContext, "log", log)
+    calls.clear()
+    run_pipeline(config, run_dir=str(tmp_path / "crashed"), resume=True, progress=False)
+    warm_tokens = json.loads((tmp_path / "whole" / "summary.json").read_text())["stages"][0]["max_new_tokens"]
+    assert warm_tokens > 24
+    assert uninterrupted[-1] == ("climb", warm_tokens)
+    assert calls[-1] == uninterrupted[-1]
+
+
+def test_eval_and_sample_read_a_stage_checkpoint(finished_run: Path, tmp_path: Path) -> None:
+    checkpoint = finished_run / "checkpoints" / "climb"
+    result = cli("eval", str(checkpoint), "--task", "arith", "--levels", "1", "2", "--n", "4",
+                 "--max-new-tokens", "24", "--options", "{max_operand: 3}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert 0 <= report["accuracy"] <= 1 and set(report["accuracy_by_level"]) == {"1", "2"}
+
+    result = cli("sample", str(checkpoint), "1+2=?", "--max-new-tokens", "16", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 0 < len(result.stdout.strip()) <= 16
+
+
+def test_a_fresh_run_in_a_dir_that_crashed_before_any_checkpoint_starts_a_clean_log(
+    config_path: Path, tmp_path: Path, monkeypatch
+) -> None:
+    config = load_config(config_path, ["stages.0.steps=4", "stages.0.eval_every=4", "stages.1.steps=1"])
+    log = StageContext.log
+    crash_in("warm", 3, monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(config, run_dir=str(tmp_path), progress=False)
+    monkeypatch.setattr(StageContext, "log", log)
+    run_pipeline(config, run_dir=str(tmp_path), progress=False)
+    assert step_keys(tmp_path) == [("warm", 1), ("warm", 2), ("warm", 3), ("warm", 4), ("climb", 1)]

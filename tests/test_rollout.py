@@ -1,0 +1,148 @@
+"""The batched KV-cache sampler against references: greedy decoding equals `model.generate` per
+prompt, sampled log-probabilities equal a full forward pass, rows that emit end-of-sequence stop
+with the right flags whether or not finished rows have been dropped from the batch, and top-p keeps
+the minimal nucleus."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from shrinkthink import rollout
+from shrinkthink.learners.batch import completion_logprobs, pack
+from shrinkthink.model import tiny_policy
+from shrinkthink.policy import Policy
+
+TEXTS = ["1", "12+7+30=?", "3=?", "99+1+2+3+4+5+6=?", "4+4=?", "7+1+2=?", "x", "123+456=?"]
+EOS_BIAS = 1e4
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    model, tokenizer = tiny_policy(depth=2, seed=1)
+    return Policy(model.eval(), tokenizer)
+
+
+class ForceEndAt(torch.nn.Module):
+    """The tiny model with end-of-sequence made certain at every position >= `position`: rows
+    with longer prompts finish sooner, whatever their index in a (compacted) batch."""
+
+    def __init__(self, model, eos_id: int, position: int) -> None:
+        super().__init__()
+        self.model, self.eos_id, self.position = model, eos_id, position
+
+    def forward(self, input_ids, attention_mask, position_ids=None, **kwargs):
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        force = position_ids >= self.position  # [B, T]
+        out.logits[..., self.eos_id] += EOS_BIAS * force.to(out.logits.dtype)
+        return out
+
+
+def greedy_reference(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, eos_token_id=2, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def test_greedy_sampling_equals_generate_per_prompt(policy: Policy) -> None:
+    prompts = [policy.prompt_ids(t) for t in TEXTS]
+    assert len({len(p) for p in prompts}) > 4  # really different lengths: padding matters
+    samples = policy.sample(prompts, max_new_tokens=24, greedy=True)
+    for prompt, completion in zip(prompts, samples.completion_ids):
+        assert completion == greedy_reference(policy.model, prompt, 24)
+    assert samples.tokens == sum(len(c) for c in samples.completion_ids)
+
+
+def reference_logprobs(model, prompt: list[int], completion: list[int], temperature: float) -> list[float]:
+    """log-softmax of one unpadded forward pass over prompt + completion."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return [float(logp[len(prompt) - 1 + i, token]) for i, token in enumerate(completion)]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_logprobs_equal_a_full_forward_pass(policy: Policy, temperature: float) -> None:
+    prompts = [policy.prompt_ids(t) for t in TEXTS for _ in range(2)]
+    torch.manual_seed(0)
+    samples = policy.sample(prompts, max_new_tokens=16, temperature=temperature)
+    for prompt, completion, logprobs in zip(prompts, samples.completion_ids, samples.logprobs):
+        assert len(logprobs) == len(completion) > 0
+        expected = reference_logprobs(policy.model, prompt, completion, temperature)
+        assert torch.allclose(torch.tensor(logprobs), torch.tensor(expected), atol=1e-4)
+    # the learner's right-padded batch recomputes the same numbers
+    ids, attention, predictor, mask = pack(prompts, samples.completion_ids, policy.pad_id, "cpu")
+    with torch.no_grad():
+        batch = completion_logprobs(policy.model, ids, attention, predictor, temperature)
+    old = torch.zeros_like(batch)
+    for row, logprobs in enumerate(samples.logprobs):
+        old[row, : len(logprobs)] = torch.tensor(logprobs)
+    assert torch.allclose(batch[mask], old[mask], atol=1e-4)
+
+
+def expected_length(prompt_length: int, end_position: int, max_new_tokens: int) -> tuple[int, bool]:
+    """Token t is predicted at position prompt_length - 1 + t; the first one at or past
+    `end_position` is end-of-sequence."""
+    eos_index = max(0, end_position - prompt_length + 1)
+    if eos_index >= max_new_tokens:
+        return max_new_tokens, False
+    return eos_index + 1, True
+
+
+@pytest.mark.parametrize("idle_share", [0.0, 0.25, 2.0])  # compact at once, by default, never
+def test_rows_that_end_stop_and_keep_their_tokens(policy: Policy, monkeypatch, idle_share: float) -> None:
+    monkeypatch.setattr(rollout, "COMPACT_IDLE_SHARE", idle_share)
+    eos = policy.tokenizer.eos_token_id
+    end_position, max_new = 12, 10
+    forced = ForceEndAt(policy.model, eos, end_position).eval()
+    prompts = [policy.prompt_ids(t) for t in TEXTS]
+    samples = rollout.sample(forced, prompts, eos_ids={eos}, pad_id=policy.pad_id, max_new_tokens=max_new, greedy=True)
+    lengths = [len(c) for c in samples.completion_ids]
+    expected = [expected_length(len(p), end_position, max_new) for p in prompts]
+    assert lengths == [n for n, _ in expected]
+    assert samples.finished == [f for _, f in expected]
+    assert len(set(lengths)) >= 4 and any(samples.finished) and not all(samples.finished)
+    assert samples.tokens == sum(lengths)
+    assert math.isfinite(samples.entropy_sum)
+    for prompt, completion, finished in zip(prompts, samples.completion_ids, samples.finished):
+        free = greedy_reference(policy.model, prompt, max_new)  # the unforced model's choices
+        assert eos not in free
+        if finished:
+            assert completion == free[: len(completion) - 1] + [eos]
+        else:
+            assert completion == free
+
+
+def test_sampled_logprobs_survive_compaction(policy: Policy, monkeypatch) -> None:
+    monkeypatch.setattr(rollout, "COMPACT_IDLE_SHARE", 0.0)
+    eos = policy.tokenizer.eos_token_id
+    forced = ForceEndAt(policy.model, eos, 12).eval()
+    prompts = [policy.prompt_ids(t) for t in TEXTS for _ in range(3)]
+    torch.manual_seed(3)
+    samples = rollout.sample(forced, prompts, eos_ids={eos}, pad_id=policy.pad_id, max_new_tokens=10)
+    assert any(samples.finished) and not all(samples.finished)
+    for prompt, completion, logprobs, finished in zip(prompts, samples.completion_ids, samples.logprobs,
+                                                      samples.finished):
+        assert finished == (completion[-1] == eos)
+        assert eos not in completion[:-1]
+        expected = reference_logprobs(forced, prompt, completion, 1.0)
+        assert torch.allclose(torch.tensor(logprobs), torch.tensor(expected), atol=1e-4)
+
+
+def test_top_p_keeps_the_minimal_nucleus() -> None:
+    probs = torch.tensor([[0.15, 0.5, 0.05, 0.3], [0.25, 0.25, 0.25, 0.25]])
+    logits = probs.log()
+    kept = lambda p: torch.isfinite(rollout.top_p_filter(logits, p))  # noqa: E731
+    assert kept(0.75)[0].tolist() == [False, True, False, True]  # 0.5 + 0.3 reaches 0.75
+    assert kept(0.45)[0].tolist() == [False, True, False, False]
+    assert kept(0.9)[0].tolist() == [True, True, False, True]
+    assert kept(0.6)[1].sum() == 3  # ties: three quarters are needed for 0.6
+    assert torch.equal(rollout.top_p_filter(logits, 1.0), logits)
+    filtered = rollout.top_p_filter(logits, 0.75)
+    assert torch.equal(filtered[0, [1, 3]], logits[0, [1, 3]])  # kept logits are unchanged
