@@ -1,0 +1,228 @@
+"""Seconds per GRPO step, TRL's `GRPOTrainer` beside shrinkthink's explore step, on the same tiny
+model, task, group and lengths, in one run on this machine.
+
+    python bench/vs_trl.py                      # depth 4 (~1M params), 10 steps, 1 thread
+    python bench/vs_trl.py --depth 6 --threads 2 --steps 20
+
+Both sides start from the same weights (a tiny policy saved to a temporary folder and loaded
+from it by each), draw the same arith level-1 prompts in the same order (one prompt x G=8
+completions a step, temperature 1, at most 32 new tokens, no top-p/top-k), reward with the task's
+verifier, and take one optimizer step on the group. TRL keeps its default loss (`loss_type`
+'dapo', beta 0); its gradient checkpointing is off unless --trl-gradient-checkpointing (our
+learner never recomputes activations, and the model is tiny). The first --warmup steps are
+left out of the means.
+
+Our learner skips episodes whose advantage is zero (a group that scored all alike carries no
+signal), and a random-init model scores 0 everywhere: the 'ours' row then times sampling only.
+The 'ours, every episode trained' row breaks reward ties by 1e-6 x index so every completion
+goes through the forward and backward pass, as TRL's always do: compare TRL with that row for
+the cost of the same work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from shrinkthink.config import LearnerConfig  # noqa: E402
+from shrinkthink.learners import Learner  # noqa: E402
+from shrinkthink.model import tiny_policy  # noqa: E402
+from shrinkthink.policy import Policy  # noqa: E402
+from shrinkthink.records import Episode, Problem  # noqa: E402
+from shrinkthink.tasks import make_task  # noqa: E402
+from shrinkthink.tasks.base import Task, reasoning_part  # noqa: E402
+
+GROUP = 8
+MAX_NEW_TOKENS = 32
+TEMPERATURE = 1.0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--depth", type=int, default=4, help="tiny model depth: 4 is ~1.06M params, 6 ~3.5M")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per side")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the means")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trl-gradient-checkpointing", action="store_true",
+                        help="keep TRL's default gradient checkpointing (recomputes activations)")
+    parser.add_argument("--skip-trl", action="store_true", help="time only our side")
+    args = parser.parse_args()
+    if args.steps <= args.warmup:
+        parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
+    return args
+
+
+def prompts_for(task: Task, steps: int, seed: int) -> list[Problem]:
+    """One level-1 problem per step, the same list for both sides."""
+    return task.problems(1, steps, "train", seed=seed)
+
+
+# --- ours: what stages/explore.py does each step --------------------------------------------
+def our_steps(folder: str, task: Task, problems: list[Problem], lr: float, seed: int,
+              train_every_episode: bool) -> tuple[list[float], list[float], list[float]]:
+    """Seconds, mean reward and trained episodes of each step."""
+    policy = Policy.load(folder, "cpu")
+    learner = Learner(policy, LearnerConfig(name="grpo", lr=lr, group_size=GROUP, problems_per_step=1), TEMPERATURE)
+    torch.manual_seed(seed)
+    seconds, rewards, trained = [], [], []
+    for problem in problems:
+        began = time.perf_counter()
+        prompt = policy.prompt_ids(problem.prompt)
+        samples = policy.sample([prompt] * GROUP, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE)
+        episodes = []
+        for ids, logprobs, finished in zip(samples.completion_ids, samples.logprobs, samples.finished):
+            text = policy.decode(ids)
+            correct = task.score(problem, text) if finished else 0.0
+            episodes.append(Episode(problem=problem, prompt_ids=prompt, completion_ids=ids, logprobs=logprobs,
+                                    text=text, finished=finished, answer=task.extract(text), reward=correct,
+                                    components={"correct": correct},
+                                    reasoning_tokens=policy.count_tokens(reasoning_part(text))))
+        rewards.append(sum(e.reward for e in episodes) / GROUP)
+        if train_every_episode:
+            for i, episode in enumerate(episodes):
+                episode.reward += 1e-6 * i
+        stats = learner.update(episodes, [list(range(GROUP))])
+        seconds.append(time.perf_counter() - began)
+        trained.append(stats["trained_episodes"])
+    return seconds, rewards, trained
+
+
+# --- TRL ------------------------------------------------------------------------------------
+def trl_steps(folder: str, task: Task, problems: list[Problem], args) -> tuple[list[float], list[float]]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    by_prompt = {p.prompt + "\n": p for p in problems}
+    rewards: list[float] = []
+
+    eos = AutoTokenizer.from_pretrained(folder).eos_token_id
+
+    def verified(prompts, completions, completion_ids, **_) -> list[float]:
+        # as explore scores: an attempt cut off at the length cap earns nothing
+        scores = [task.score(by_prompt[p], c) if ids and ids[-1] == eos else 0.0
+                  for p, c, ids in zip(prompts, completions, completion_ids)]
+        rewards.append(sum(scores) / len(scores))
+        return scores
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.began = 0.0
+
+        def on_step_begin(self, *_, **__):
+            self.began = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.seconds.append(time.perf_counter() - self.began)
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = GRPOConfig(
+            output_dir=output_dir,
+            num_generations=GROUP,
+            per_device_train_batch_size=GROUP,
+            max_completion_length=MAX_NEW_TOKENS,
+            temperature=TEMPERATURE,
+            top_p=1.0,
+            top_k=0,
+            max_steps=len(problems),
+            learning_rate=args.lr,
+            lr_scheduler_type="constant",
+            logging_steps=1,
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+            save_strategy="no",
+            shuffle_dataset=False,  # the same prompt order as ours
+            gradient_checkpointing=args.trl_gradient_checkpointing,
+            disable_tqdm=True,
+            seed=args.seed,
+        )
+        # our prompts are the question and a newline after <s>; TRL tokenizes the text as given
+        dataset = Dataset.from_dict({"prompt": [p.prompt + "\n" for p in problems]})
+        trainer = GRPOTrainer(model=model, reward_funcs=verified, args=config, train_dataset=dataset,
+                              processing_class=tokenizer, callbacks=[timer])
+        trainer.remove_callback(PrinterCallback)  # logging_steps=1 would print a dict a step
+        trainer.train()
+    return timer.seconds, rewards
+
+
+def summarise(name: str, seconds: list[float], warmup: int) -> tuple[str, float]:
+    timed = seconds[warmup:]
+    mean = statistics.mean(timed)
+    spread = statistics.stdev(timed) if len(timed) > 1 else 0.0
+    return f"{name:34s} {mean:8.3f} {spread:8.3f} {len(timed):6d}", mean
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    hf_logging.disable_progress_bar()
+    task = make_task("arith", {})
+    problems = prompts_for(task, args.steps, args.seed)
+    model, tokenizer = tiny_policy(depth=args.depth, seed=args.seed)
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch "
+          f"{torch.__version__} with {torch.get_num_threads()} threads; python {platform.python_version()}")
+    print(f"model: tiny depth {args.depth}, {parameters / 1e6:.2f}M params; task arith level 1; G={GROUP}, "
+          f"1 prompt x {GROUP} a step, max {MAX_NEW_TOKENS} new tokens, temperature {TEMPERATURE}, lr {args.lr}, "
+          f"{args.steps} steps, first {args.warmup} left out")
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        del model
+
+        rows = []
+        ours, our_rewards, our_trained = our_steps(folder, task, problems, args.lr, args.seed, False)
+        rows.append(("ours (explore step)", ours, our_rewards, our_trained))
+        forced, forced_rewards, forced_trained = our_steps(folder, task, problems, args.lr, args.seed, True)
+        rows.append(("ours, every episode trained", forced, forced_rewards, forced_trained))
+        if not args.skip_trl:
+            import trl
+
+            trl_seconds, trl_rewards = trl_steps(folder, task, problems, args)
+            if len(trl_seconds) != args.steps:
+                print(f"warning: TRL timed {len(trl_seconds)} steps, expected {args.steps}", file=sys.stderr)
+            checkpointing = "on" if args.trl_gradient_checkpointing else "off"
+            rows.insert(0, (f"TRL {trl.__version__} GRPOTrainer (ckpt {checkpointing})", trl_seconds, trl_rewards,
+                            [float(GROUP)] * len(trl_seconds)))
+
+    print()
+    print(f"{'side':34s} {'s/step':>8s} {'stdev':>8s} {'steps':>6s} {'reward':>7s} {'trained/step':>13s}")
+    means = {}
+    for name, seconds, rewards, trained in rows:
+        line, means[name] = summarise(name, seconds, args.warmup)
+        print(f"{line} {statistics.mean(rewards):7.3f} {statistics.mean(trained[args.warmup:]):13.1f}")
+    trl_name = next((name for name in means if name.startswith("TRL")), None)
+    if trl_name:
+        print()
+        for name, mean in means.items():
+            if name != trl_name:
+                print(f"TRL / {name}: {means[trl_name] / mean:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
