@@ -146,3 +146,25 @@ def test_top_p_keeps_the_minimal_nucleus() -> None:
     assert torch.equal(rollout.top_p_filter(logits, 1.0), logits)
     filtered = rollout.top_p_filter(logits, 0.75)
     assert torch.equal(filtered[0, [1, 3]], logits[0, [1, 3]])  # kept logits are unchanged
+
+
+def test_lean_llama_decoder_matches_the_models_own_forward():
+    """The preallocated-cache decoder must sample exactly what the generic HF path samples."""
+    from shrinkthink.decoders import LlamaDecoder
+    from shrinkthink.rollout import sample
+
+    model, tokenizer = tiny_policy(depth=2, seed=3)
+    model.eval()
+    assert LlamaDecoder.supports(model)
+    prompts = [[1] + tokenizer(f"{i * 37}+{i}=?\n", add_special_tokens=False).input_ids for i in range(6)]
+    prompts[2] = prompts[2][:3]  # ragged left padding
+    for greedy in (True, False):
+        runs = []
+        for generic in (False, True):
+            generator = torch.Generator().manual_seed(7)
+            runs.append(sample(model, prompts, eos_ids={2}, pad_id=0, max_new_tokens=12, greedy=greedy,
+                               generator=generator, generic=generic))
+        lean, generic_run = runs
+        assert lean.completion_ids == generic_run.completion_ids
+        for a, b in zip(lean.logprobs, generic_run.logprobs):
+            assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from shrinkthink.decoders import HFDecoder, make_decoder
 
 # Dropping finished rows copies the KV cache; do it only once this share of the batch is idle.
 COMPACT_IDLE_SHARE = 0.25
@@ -60,15 +60,16 @@ def sample(
     top_p: float = 1.0,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    generic: bool = False,
 ) -> Samples:
-    """Sample one completion per prompt (repeat a prompt G times for a group)."""
+    """Sample one completion per prompt (repeat a prompt G times for a group). `generic` forces the
+    model's own `forward` instead of the lean Llama-family decoder."""
     device = next(model.parameters()).device
     n = len(prompts)
     ids, mask = left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-    logits = out.logits[:, -1, :].float()
+    decoder = HFDecoder(model) if generic else make_decoder(model, n, ids.shape[1] + max_new_tokens)
+    logits = decoder.prefill(ids, mask, positions)
     next_position = positions[:, -1] + 1
 
     rows = torch.arange(n, device=device)  # original index of each active row
@@ -100,19 +101,11 @@ def sample(
             break
         if done.float().mean() >= COMPACT_IDLE_SHARE:
             keep = (~done).nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
-            rows, mask, next_position, done = rows[keep], mask[keep], next_position[keep], done[keep]
+            decoder.select(keep)
+            rows, next_position, done = rows[keep], next_position[keep], done[keep]
             token = token[keep]
         token = token.masked_fill(done, pad_id)
-        mask = torch.cat([mask, (~done).long()[:, None]], dim=-1)
-        out = model(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=next_position[:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        logits = out.logits[:, -1, :].float()
+        logits = decoder.step(token, ~done, next_position)
         next_position = next_position + 1
 
     lengths_list = lengths.tolist()

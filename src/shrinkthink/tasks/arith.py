@@ -1,4 +1,9 @@
-"""Chained arithmetic: `12+7+30=?`, level L has L+1 terms.
+"""Chained arithmetic: `12+7+30=?`.
+
+Two difficulty axes. `axis="terms"`: level L has L+1 terms, so harder means longer transcripts,
+which a small model generalises to badly (DESIGN.md). `axis="magnitude"`: a fixed number of terms
+whose operands grow with the level (up to 10*L-1 at level L), so harder means new numbers in the
+same shape of transcript.
 
 Two step formats, because DESIGN.md measured that the format decides how far a tiny model
 generalises in length:
@@ -21,6 +26,7 @@ from shrinkthink.tasks.base import Task
 from shrinkthink.verify import numbers_equal
 
 StepFormat = Literal["refer", "carry"]
+Axis = Literal["terms", "magnitude"]
 
 
 class ArithTask(Task):
@@ -36,6 +42,8 @@ class ArithTask(Task):
         max_operand: int = 9,
         min_operand: int = 0,
         step_format: StepFormat = "refer",
+        axis: Axis = "terms",
+        terms: int = 3,
         heldout_fraction: float = 0.2,
     ) -> None:
         super().__init__(heldout_fraction)
@@ -47,13 +55,19 @@ class ArithTask(Task):
             )
         if step_format not in ("refer", "carry"):
             raise ValueError(f"step_format must be 'refer' or 'carry', got {step_format!r}")
+        if axis not in ("terms", "magnitude"):
+            raise ValueError(f"axis must be 'terms' or 'magnitude', got {axis!r}")
+        if terms < 2:
+            raise ValueError(f"terms must be at least 2, got {terms}")
+        self.axis: Axis = axis
+        self.terms = terms
         self.ops = "".join(sorted(set(ops)))
         self.max_operand = max_operand
         self.min_operand = min_operand
         self.step_format: StepFormat = step_format
 
     def generate(self, level: int, rng: random.Random) -> Problem:
-        terms, ops = self._draw(level + 1, rng)
+        terms, ops = self._draw(level + 1 if self.axis == "terms" else self.terms, rng, self._top(level))
         prompt = expression(terms, ops) + "=?"
         values = running_values(terms, ops)
         steps = (
@@ -71,20 +85,24 @@ class ArithTask(Task):
             metadata={"terms": terms, "ops": ops},
         )
 
-    def _draw(self, n_terms: int, rng: random.Random) -> tuple[list[int], list[str]]:
+    def _top(self, level: int) -> int:
+        """The largest operand at `level`."""
+        return self.max_operand if self.axis == "terms" else max(self.min_operand, 10 * level - 1)
+
+    def _draw(self, n_terms: int, rng: random.Random, top: int) -> tuple[list[int], list[str]]:
         """Terms and the operators between them; a subtraction never takes the running value below
         zero (when it would, that term is added instead)."""
-        terms = [rng.randint(self.min_operand, self.max_operand)]
+        terms = [rng.randint(self.min_operand, top)]
         ops: list[str] = []
         value = terms[0]
         for _ in range(n_terms - 1):
             op = rng.choice(self.ops)
             if op == "-" and value >= self.min_operand:
-                term = rng.randint(self.min_operand, min(value, self.max_operand))
+                term = rng.randint(self.min_operand, min(value, top))
                 value -= term
             else:
                 op = "+"
-                term = rng.randint(self.min_operand, self.max_operand)
+                term = rng.randint(self.min_operand, top)
                 value += term
             terms.append(term)
             ops.append(op)

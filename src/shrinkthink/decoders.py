@@ -1,0 +1,122 @@
+"""Two ways to run a causal LM one token at a time, behind one small interface
+(`prefill`, `step`, `select`):
+
+- `LlamaDecoder`: for Llama-family models (Llama, SmolLM2, Mistral, Qwen2): a preallocated KV
+  cache and the layers' own modules called directly, skipping the per-call work of the generic
+  `forward` (mask building, cache objects, output records). On a small model that overhead is
+  most of the time per token.
+- `HFDecoder`: any Hugging Face causal LM through its own `forward` and a `DynamicCache`.
+
+Both take left-padded batches whose rows all write their next token into the same column.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+LLAMA_FAMILY = {"llama", "mistral", "qwen2"}
+
+
+class HFDecoder:
+    def __init__(self, model) -> None:
+        self.model = model
+        self.cache = DynamicCache()
+        self.mask: torch.Tensor | None = None
+
+    def prefill(self, ids, mask, positions) -> torch.Tensor:
+        self.mask = mask
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=self.cache, use_cache=True)
+        return out.logits[:, -1, :].float()
+
+    def step(self, token, live, position) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, live.long()[:, None]], dim=-1)
+        out = self.model(input_ids=token[:, None], attention_mask=self.mask, position_ids=position[:, None],
+                         past_key_values=self.cache, use_cache=True)
+        return out.logits[:, -1, :].float()
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.cache.batch_select_indices(keep)
+        self.mask = self.mask[keep]
+
+
+class LlamaDecoder:
+    """Decodes with a preallocated cache [layers, batch, kv_heads, max_len, head_dim]."""
+
+    @staticmethod
+    def supports(model) -> bool:
+        config = getattr(model, "config", None)
+        return (
+            config is not None
+            and getattr(config, "model_type", None) in LLAMA_FAMILY
+            and getattr(config, "sliding_window", None) in (None, 0)
+            and hasattr(getattr(model, "model", None), "rotary_emb")
+        )
+
+    def __init__(self, model, batch: int, max_len: int) -> None:
+        self.model = model
+        self.core = model.model
+        attention = self.core.layers[0].self_attn
+        config = model.config
+        self.head_dim = attention.head_dim
+        kv_heads = config.num_key_value_heads
+        parameter = next(model.parameters())
+        shape = (len(self.core.layers), batch, kv_heads, max_len, self.head_dim)
+        self.keys = torch.zeros(shape, dtype=parameter.dtype, device=parameter.device)
+        self.values = torch.zeros_like(self.keys)
+        self.key_mask = torch.zeros((batch, max_len), dtype=torch.bool, device=parameter.device)
+        self.length = 0
+
+    def _forward(self, ids, positions) -> torch.Tensor:
+        batch, width = ids.shape
+        start, end = self.length, self.length + width
+        hidden = self.core.embed_tokens(ids)
+        cos, sin = self.core.rotary_emb(hidden, positions)
+        causal = torch.ones((width, end), dtype=torch.bool, device=ids.device).tril(diagonal=start)
+        allowed = self.key_mask[:, None, None, :end] & causal
+        # A padding query may see no key at all; letting it see itself keeps softmax finite.
+        allowed[:, :, torch.arange(width), torch.arange(start, end)] = True
+        cos, sin = cos[:, None], sin[:, None]
+        for index, layer in enumerate(self.core.layers):
+            attention = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attention.q_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
+            k = attention.k_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
+            v = attention.v_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
+            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+            self.keys[index, :, :, start:end] = k
+            self.values[index, :, :, start:end] = v
+            out = F.scaled_dot_product_attention(
+                q, self.keys[index, :, :, :end], self.values[index, :, :, :end],
+                attn_mask=allowed, scale=attention.scaling, enable_gqa=q.shape[1] != k.shape[1],
+            )
+            hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(batch, width, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        self.length = end
+        return self.model.lm_head(self.core.norm(hidden[:, -1])).float()
+
+    def prefill(self, ids, mask, positions) -> torch.Tensor:
+        self.key_mask[:, : ids.shape[1]] = mask.bool()
+        return self._forward(ids, positions)
+
+    def step(self, token, live, position) -> torch.Tensor:
+        self.key_mask[:, self.length] = live
+        return self._forward(token[:, None], position[:, None])
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.keys = self.keys[:, keep]
+        self.values = self.values[:, keep]
+        self.key_mask = self.key_mask[keep]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def make_decoder(model, batch: int, max_len: int):
+    if LlamaDecoder.supports(model):
+        return LlamaDecoder(model, batch, max_len)
+    return HFDecoder(model)
