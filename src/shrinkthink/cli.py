@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"shrinkthink: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `shrinkthink tasks | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("shrinkthink: interrupted; resume with `shrinkthink run --resume RUN_DIR`", file=sys.stderr)
         return 130

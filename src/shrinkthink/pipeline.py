@@ -38,17 +38,31 @@ def eval_tokens(config: RunConfig, results: dict[str, Any]) -> int:
     return max(lengths or [128])
 
 
+def check_levels(config: RunConfig, task) -> None:
+    """Every level the config names must exist in the task; the error names the field."""
+    named = [("task.eval_levels", level) for level in config.task.eval_levels]
+    for i, stage in enumerate(config.stages):
+        named += [(f"stages.{i}.levels", level) for level in getattr(stage, "levels", [])]
+        named += [(f"stages.{i}.{field}", getattr(stage, field)) for field in ("start_level", "max_level") if hasattr(stage, field)]
+    for field, level in named:
+        if not task.min_level <= level <= task.max_level:
+            raise UserError(f"{field}: level {level} is outside task {task.name}'s levels {task.min_level}..{task.max_level}")
+
+
 def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = False,
                  progress: bool = True) -> dict[str, Any]:
     began = time.time()
     if config.threads:
         torch.set_num_threads(config.threads)
     path = Path(run_dir or config.run_dir or default_run_dir(config))
-    if not resume and (path / "summary.json").exists():
+    if not resume and ((path / "summary.json").exists() or (path / "checkpoints").exists()):
         raise UserError(f"run_dir: '{path}' already holds a run; pass --resume or choose another run_dir")
-    run = RunDir(path)
+    # Check everything a user can get wrong before the run directory is touched.
     device = pick_device(config.device)
     task = make_task(config.task.name, config.task.options)
+    check_levels(config, task)
+    fresh_policy = None if resume else Policy.from_config(config.model, device, seed=config.seed)
+    run = RunDir(path)
 
     summary: dict[str, Any] = {"run_dir": str(path), "seconds": 0.0, "stages": []}
     first_stage, resume_state = 0, None
@@ -70,7 +84,7 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
             raise UserError(f"--resume: no checkpoint in '{path}'")
         run.write_config(dump_config(config))
         run.truncate_metrics(lambda record: False)  # lines of a run that crashed before any checkpoint
-        policy = Policy.from_config(config.model, device, seed=config.seed)
+        policy = fresh_policy
     summary["model_parameters"] = sum(p.numel() for p in policy.model.parameters())
     # a resumed run's finished stages still count: their extras (warm start's completion length)
     # set how long later evaluations sample
