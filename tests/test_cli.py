@@ -65,6 +65,12 @@ def test_missing_model_path(config: Path, tmp_path: Path) -> None:
     assert "model.path: no such file or folder '/nope'" in line
 
 
+def test_level_outside_the_task_names_the_field_and_writes_nothing(config: Path, tmp_path: Path) -> None:
+    line = user_error(cli("run", str(config), "stages.0.levels=[1,99]", "--run-dir", "out", cwd=tmp_path))
+    assert "stages.0.levels: level 99 is outside task arith's levels" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_jsonl_row_without_answer_names_file_and_line(config: Path, tmp_path: Path) -> None:
     data = tmp_path / "data.jsonl"
     data.write_text('{"question": "1+1?", "answer": 2}\n\n{"question": "2+2?"}\n')

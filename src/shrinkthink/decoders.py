@@ -58,12 +58,22 @@ class LlamaDecoder:
     def __init__(self, model, batch: int, max_len: int) -> None:
         self.model = model
         self.core = model.model
-        attention = self.core.layers[0].self_attn
         config = model.config
+        attention = self.core.layers[0].self_attn
         self.head_dim = attention.head_dim
-        kv_heads = config.num_key_value_heads
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.scaling = attention.scaling
+        self.act = self.core.layers[0].mlp.act_fn
+        self.eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
+                    for layer in self.core.layers]
+        # One matmul for q, k and v and one for gate and up: fewer calls per token. The weights are
+        # concatenated afresh for every batch so they always match the model being trained.
+        with torch.no_grad():
+            self.qkv = [_fuse(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj) for l in self.core.layers]
+            self.gate_up = [_fuse(l.mlp.gate_proj, l.mlp.up_proj) for l in self.core.layers]
         parameter = next(model.parameters())
-        shape = (len(self.core.layers), batch, kv_heads, max_len, self.head_dim)
+        shape = (len(self.core.layers), batch, self.kv_heads, max_len, self.head_dim)
         self.keys = torch.zeros(shape, dtype=parameter.dtype, device=parameter.device)
         self.values = torch.zeros_like(self.keys)
         self.key_mask = torch.zeros((batch, max_len), dtype=torch.bool, device=parameter.device)
@@ -74,28 +84,38 @@ class LlamaDecoder:
         start, end = self.length, self.length + width
         hidden = self.core.embed_tokens(ids)
         cos, sin = self.core.rotary_emb(hidden, positions)
-        causal = torch.ones((width, end), dtype=torch.bool, device=ids.device).tril(diagonal=start)
-        allowed = self.key_mask[:, None, None, :end] & causal
-        # A padding query may see no key at all; letting it see itself keeps softmax finite.
-        allowed[:, :, torch.arange(width), torch.arange(start, end)] = True
         cos, sin = cos[:, None], sin[:, None]
+        if width == 1:
+            allowed = self.key_mask[:, None, None, :end]
+        else:
+            causal = torch.ones((width, end), dtype=torch.bool, device=ids.device).tril(diagonal=start)
+            allowed = self.key_mask[:, None, None, :end] & causal
+            # A padding query may see no key at all; letting it see itself keeps softmax finite.
+            allowed[:, :, torch.arange(width), torch.arange(start, end)] = True
+        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         for index, layer in enumerate(self.core.layers):
-            attention = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = attention.q_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
-            k = attention.k_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
-            v = attention.v_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
+            attention, mlp = layer.self_attn, layer.mlp
+            eps_attention, eps_mlp = self.eps[index]
+            x = F.rms_norm(hidden, (hidden.shape[-1],), layer.input_layernorm.weight, eps_attention)
+            qkv = F.linear(x, *self.qkv[index])
+            q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
+            q = q.view(batch, width, -1, self.head_dim).transpose(1, 2)
+            k = k.view(batch, width, -1, self.head_dim).transpose(1, 2)
+            v = v.view(batch, width, -1, self.head_dim).transpose(1, 2)
             q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
             self.keys[index, :, :, start:end] = k
             self.values[index, :, :, start:end] = v
             out = F.scaled_dot_product_attention(
                 q, self.keys[index, :, :, :end], self.values[index, :, :, :end],
-                attn_mask=allowed, scale=attention.scaling, enable_gqa=q.shape[1] != k.shape[1],
+                attn_mask=allowed, scale=self.scaling, enable_gqa=self.heads != self.kv_heads,
             )
             hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(batch, width, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            x = F.rms_norm(hidden, (hidden.shape[-1],), layer.post_attention_layernorm.weight, eps_mlp)
+            gate, up = F.linear(x, *self.gate_up[index]).chunk(2, dim=-1)
+            hidden = hidden + mlp.down_proj(self.act(gate) * up)
         self.length = end
-        return self.model.lm_head(self.core.norm(hidden[:, -1])).float()
+        last = F.rms_norm(hidden[:, -1], (hidden.shape[-1],), self.core.norm.weight, self.core.norm.variance_epsilon)
+        return self.model.lm_head(last).float()
 
     def prefill(self, ids, mask, positions) -> torch.Tensor:
         self.key_mask[:, : ids.shape[1]] = mask.bool()
@@ -109,6 +129,12 @@ class LlamaDecoder:
         self.keys = self.keys[:, keep]
         self.values = self.values[:, keep]
         self.key_mask = self.key_mask[keep]
+
+
+def _fuse(*linears: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weight = torch.cat([l.weight for l in linears])
+    biases = [l.bias for l in linears]
+    return weight, (torch.cat(biases) if all(b is not None for b in biases) else None)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
