@@ -26,12 +26,16 @@ RESAMPLE_ROUNDS = 2  # dynamic sampling: extra rollouts to replace groups with n
 
 def draw_problems(pools: dict[int, list[Problem]], level: int, n: int, replay: float,
                   rng: random.Random) -> list[Problem]:
-    """`n` problems at `level`, of which a `replay` share comes from the levels below it."""
+    """`n` problems at `level`, of which a `replay` share comes from the levels below it: half of
+    those from the level just mastered (the one a fresh climb most easily erases), the rest from
+    any lower level."""
     lower = [lv for lv in pools if lv < level]
     replayed = round(n * replay) if lower else 0
-    return [rng.choice(pools[level]) for _ in range(n - replayed)] + [
-        rng.choice(pools[rng.choice(lower)]) for _ in range(replayed)
-    ]
+    drawn = [rng.choice(pools[level]) for _ in range(n - replayed)]
+    for i in range(replayed):
+        source = level - 1 if i % 2 == 0 and (level - 1) in pools else rng.choice(lower)
+        drawn.append(rng.choice(pools[source]))
+    return drawn
 
 
 def rollout(ctx: StageContext, stage: ExploreStage, problems: list[Problem]) -> tuple[list[Episode], dict]:
