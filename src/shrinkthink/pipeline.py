@@ -8,8 +8,6 @@ the newest checkpoint after a crash.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from datetime import datetime
 from pathlib import Path

@@ -11,7 +11,6 @@ import math
 import random
 import time
 
-import torch
 
 from shrinkthink.config import WarmStartStage
 from shrinkthink.learners import make_optimizer, supervised_step
