@@ -103,7 +103,48 @@ class ExploreStage(StageBase):
         return self
 
 
-Stage = Annotated[Union[WarmStartStage, ExploreStage], Field(discriminator="kind")]
+class LatentStage(StageBase):
+    """Internalise the reasoning (DESIGN.md, "Latent stage"): COCONUT continuous thoughts replace
+    reasoning steps one curriculum stage at a time, or iCoT removes leading reasoning tokens on a
+    schedule. Loop: stages/latent.py."""
+
+    kind: Literal["latent"]
+    method: Literal["coconut", "icot"] = Field(..., description="coconut: continuous thoughts (arXiv 2412.06769); icot: stepwise removal of reasoning tokens (arXiv 2405.14838)")
+    levels: list[int] = Field(..., min_length=1, description="levels of the training problems")
+    source: Literal["policy", "gold"] = Field("policy", description="where the reasoning steps come from: policy: the current policy's own verified greedy transcripts (lines of its reasoning; the task's gold steps where it fails); gold: the task's gold steps")
+    pool_problems: int = Field(1000, ge=1, description="training problems per level")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0, description="constant after warm-up; the optimizer is reset at every curriculum step")
+    warmup_steps: int = Field(0, ge=0, description="updates over which lr ramps up after each optimizer reset")
+    max_new_tokens: int = Field(96, ge=1, description="completion cap for evaluation and answering")
+    max_grad_norm: float = Field(1.0, gt=0)
+    # COCONUT (paper names in brackets)
+    thoughts_per_step: int = Field(1, ge=1, description="coconut: continuous thoughts per replaced step [c_thought]")
+    steps_per_stage: int = Field(100, ge=1, description="coconut: training steps per curriculum stage [epochs_per_stage, in steps]")
+    max_latent_stage: int = Field(3, ge=1, description="coconut: at most this many steps become thoughts one by one; the stage after replaces every step [max_latent_stage]")
+    start_stage: int = Field(0, ge=0, description="coconut: curriculum stage to begin at (0: full reasoning between empty <bot><eot> markers)")
+    earlier_stage_share: float = Field(0.0, ge=0, lt=1, description="coconut: share of examples drawn at a random earlier stage, so the model can still reason in language [uniform_prob]")
+    # iCoT
+    remove_tokens: int = Field(8, ge=1, description="icot: reasoning tokens removed at each schedule step [remove_per_epoch]")
+    remove_every_steps: int = Field(100, ge=1, description="icot: training steps between schedule steps")
+    remove_start: int = Field(0, ge=0, description="icot: tokens removed from the start [remove_start_from]")
+    smoothing_lambda: float | None = Field(4.0, gt=0, description="icot: removal smoothing, P(offset o) ∝ exp(-λ o); null turns it off [removal_smoothing_lambda]")
+    max_offset: int = Field(8, ge=0, description="icot: largest smoothing offset drawn")
+    drop_all_after: int | None = Field(None, ge=0, description="icot: once the scheduled removal passes this many tokens, remove all reasoning [remove_all_when_remove_beyond]")
+
+    @model_validator(mode="after")
+    def _method_fields(self):
+        coconut_only = {"thoughts_per_step", "steps_per_stage", "max_latent_stage", "start_stage", "earlier_stage_share"}
+        icot_only = {"remove_tokens", "remove_every_steps", "remove_start", "smoothing_lambda", "max_offset", "drop_all_after"}
+        foreign = (icot_only if self.method == "coconut" else coconut_only) & self.model_fields_set
+        if foreign:
+            raise ValueError(f"{', '.join(sorted(foreign))}: not a field of method '{self.method}'")
+        if self.method == "coconut" and self.start_stage > self.max_latent_stage + 1:
+            raise ValueError(f"start_stage ({self.start_stage}) is past the last stage (max_latent_stage + 1 = {self.max_latent_stage + 1})")
+        return self
+
+
+Stage = Annotated[Union[WarmStartStage, ExploreStage, LatentStage], Field(discriminator="kind")]
 
 
 class RunConfig(Strict):
@@ -160,7 +201,7 @@ def apply_override(data: dict, dotted: str) -> None:
 
 def _field_path(location: tuple) -> str:
     # pydantic puts the discriminator tag ('warmstart') into the location: drop it for users.
-    return ".".join(str(p) for p in location if p not in ("warmstart", "explore"))
+    return ".".join(str(p) for p in location if p not in ("warmstart", "explore", "latent"))
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

@@ -16,6 +16,7 @@ class Evaluation:
     mean_reasoning_tokens: float
     digression_share: float | None
     pass_at_k: dict[int, float] = field(default_factory=dict)
+    latent_steps: int = 0  # continuous thoughts per answer; never counted as reasoning tokens
     transcripts: list[tuple[Problem, str, float]] = field(default_factory=list)
 
     @property
@@ -68,5 +69,6 @@ def evaluate(policy: Policy, task: Task, levels: list[int], n: int, *, max_new_t
         mean_reasoning_tokens=reasoning / max(1, len(transcripts)),
         digression_share=(wasted / counted if counted else 0.0) if gold_steps else None,
         pass_at_k=pass_at_k,
+        latent_steps=policy.latent_steps,
         transcripts=transcripts,
     )

@@ -19,10 +19,10 @@ from shrinkthink.config import RunConfig, dump_config
 from shrinkthink.errors import UserError
 from shrinkthink.policy import Policy, pick_device
 from shrinkthink.rundir import RunDir
-from shrinkthink.stages import StageContext, explore, warmstart
+from shrinkthink.stages import StageContext, explore, latent, warmstart
 from shrinkthink.tasks import make_task
 
-STAGE_LOOPS = {"warmstart": warmstart.run, "explore": explore.run}
+STAGE_LOOPS = {"warmstart": warmstart.run, "explore": explore.run, "latent": latent.run}
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -105,6 +105,7 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
             "accuracy": evaluation.accuracy,
             "accuracy_by_level": {str(k): v for k, v in evaluation.accuracy_by_level.items()},
             "mean_reasoning_tokens": evaluation.mean_reasoning_tokens,
+            "latent_steps": evaluation.latent_steps,
             "digression_share": evaluation.digression_share,
             "seconds": stage_seconds,
             "steps": result.steps,

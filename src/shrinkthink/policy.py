@@ -3,6 +3,7 @@ text for models without a chat template, the chat template otherwise)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from transformers.utils import logging as hf_logging
 from shrinkthink.config import ModelConfig
 from shrinkthink.model import load_pretrained, tiny_policy
 from shrinkthink.rollout import Samples, sample
+
+LATENT_FILE = "latent.json"
 
 
 def pick_device(name: str) -> torch.device:
@@ -36,6 +39,9 @@ class Policy:
         if generation_eos is not None:
             eos |= set(generation_eos if isinstance(generation_eos, list) else [generation_eos])
         self.eos_ids = {e for e in eos if e is not None}
+        # A policy that answers through continuous thoughts (COCONUT) says so here:
+        # {"method": "coconut", "thoughts": n}; saved beside the weights as latent.json.
+        self.latent: dict | None = None
 
     @classmethod
     def from_config(cls, config: ModelConfig, device: torch.device, seed: int = 0) -> "Policy":
@@ -51,7 +57,11 @@ class Policy:
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "Policy":
         model, tokenizer = load_pretrained(str(path))
-        return cls(model, tokenizer, device)
+        policy = cls(model, tokenizer, device)
+        latent_file = Path(path) / LATENT_FILE
+        if latent_file.is_file():
+            policy.latent = json.loads(latent_file.read_text())
+        return policy
 
     # --- text <-> ids -------------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -75,13 +85,29 @@ class Policy:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids) if text else 0
 
     # --- sampling -----------------------------------------------------------------------
+    @property
+    def latent_steps(self) -> int:
+        """Continuous thoughts per answer (0 for a policy that reasons in visible tokens)."""
+        return int(self.latent.get("thoughts", 0)) if self.latent else 0
+
     def sample(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
                top_p: float = 1.0, greedy: bool = False, batch_size: int = 512) -> Samples:
+        """Completions of `prompts`; a latent policy first appends its `<bot> <thought>*n <eot>`
+        block and runs the thoughts (n+1 passes), then decodes from the same KV cache."""
         was_training = self.model.training
         self.model.eval()
+        model, generic = self.model, False
+        if self.latent and self.latent.get("method") == "coconut":
+            from shrinkthink.latent.coconut import ContinuousThoughts, latent_prompts, latent_tokens
+
+            tokens = latent_tokens(self.tokenizer)
+            prompts = latent_prompts(prompts, tokens, self.latent_steps)
+            if self.latent_steps:
+                model, generic = ContinuousThoughts(self.model, tokens.thought), True
         parts = [
-            sample(self.model, prompts[i : i + batch_size], eos_ids=self.eos_ids, pad_id=self.pad_id,
-                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
+            sample(model, prompts[i : i + batch_size], eos_ids=self.eos_ids, pad_id=self.pad_id,
+                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
+                   generic=generic)
             for i in range(0, len(prompts), batch_size)
         ]
         self.model.train(was_training)
@@ -98,3 +124,5 @@ class Policy:
         hf_logging.disable_progress_bar()  # one bar per checkpoint would drown the stage's own
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
+        if self.latent:
+            (Path(path) / LATENT_FILE).write_text(json.dumps(self.latent))

@@ -1,0 +1,151 @@
+"""COCONUT continuous thoughts (Hao et al. 2024, "Training Large Language Models to Reason in a
+Continuous Latent Space", arXiv 2412.06769), written from the paper.
+
+A sequence reads `question <bot> <thought>*n <eot> remaining steps, answer`. Every `<thought>`
+position is not a token: its input embedding is the last hidden state of the position before it,
+so n thoughts need n+1 forward passes, each reusing the KV cache of the one before. At curriculum
+stage k the first k reasoning steps are replaced by k*c thoughts; past `max_latent_stage` every step
+is (Sec. 3, "Training Procedure"). The loss is masked on the question, the markers and the thoughts.
+
+Departure from the paper's code: the number of thoughts at inference is fixed by the stage
+(`thoughts_at`), never read from the held-out example's gold steps; generation is batched and
+decodes with the KV cache after the latent pass (`ContinuousThoughts` runs inside
+`rollout.sample`'s generic decoder).
+
+    python -m pytest tests/test_latent.py -q
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+BOT, EOT, THOUGHT = "<bot>", "<eot>", "<thought>"
+
+
+@dataclass(frozen=True)
+class LatentTokens:
+    bot: int
+    eot: int
+    thought: int
+
+
+def add_latent_tokens(model, tokenizer) -> LatentTokens:
+    """Add `<bot>`, `<eot>`, `<thought>` to the tokenizer and grow the embeddings to match (new rows
+    start at the mean embedding). Idempotent: a checkpoint that has them keeps them."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in (BOT, EOT, THOUGHT) if t not in vocab]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    return latent_tokens(tokenizer)
+
+
+def latent_tokens(tokenizer) -> LatentTokens:
+    vocab = tokenizer.get_vocab()
+    return LatentTokens(bot=vocab[BOT], eot=vocab[EOT], thought=vocab[THOUGHT])
+
+
+# --- the curriculum, as pure functions ---------------------------------------------------------
+def stage_plan(n_steps: int, stage: int, thoughts_per_step: int, max_latent_stage: int) -> tuple[int, int]:
+    """(reasoning steps replaced, continuous thoughts) for an example of `n_steps` steps at
+    curriculum stage `stage`. Stage 0 is the full chain of thought between empty markers; stage
+    k <= max_latent_stage replaces the first k steps by k*c thoughts; beyond it every step is
+    replaced and the thoughts stay at max_latent_stage*c."""
+    if stage > max_latent_stage:
+        return n_steps, max_latent_stage * thoughts_per_step
+    return min(stage, n_steps), stage * thoughts_per_step
+
+
+def thoughts_at(stage: int, thoughts_per_step: int, max_latent_stage: int) -> int:
+    """Continuous thoughts a policy at `stage` uses when it answers (independent of the example)."""
+    return min(stage, max_latent_stage) * thoughts_per_step
+
+
+def coconut_example(prompt: list[int], steps: list[list[int]], answer: list[int], stage: int,
+                    thoughts_per_step: int, max_latent_stage: int, tokens: LatentTokens
+                    ) -> tuple[list[int], list[bool]]:
+    """Token ids of one training sequence and its loss mask (True where the token is a target):
+    `prompt <bot> <thought>*n <eot>` is context, the steps left and the answer are targets."""
+    replaced, n = stage_plan(len(steps), stage, thoughts_per_step, max_latent_stage)
+    context = prompt + [tokens.bot] + [tokens.thought] * n + [tokens.eot]
+    targets = [t for step in steps[replaced:] for t in step] + answer
+    return context + targets, [False] * len(context) + [True] * len(targets)
+
+
+def latent_prompts(prompts: list[list[int]], tokens: LatentTokens, thoughts: int) -> list[list[int]]:
+    """What the model sees before it answers: the question, then the latent block."""
+    return [p + [tokens.bot] + [tokens.thought] * thoughts + [tokens.eot] for p in prompts]
+
+
+def pad_aligned(rows: list[list[int]], masks: list[list[bool]], anchor: list[int], pad_id: int):
+    """Batch rows so that every row's `anchor` index (its `<bot>`) falls in the same column: the
+    k-th thought of every row then shares a column and a batch needs max(n)+1 passes, not more.
+    Returns ids, attention mask, loss mask [B, T]."""
+    left = [max(anchor) - a for a in anchor]
+    width = max(l + len(r) for l, r in zip(left, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (l, row, mask) in enumerate(zip(left, rows, masks)):
+        ids[i, l : l + len(row)] = torch.tensor(row)
+        attention[i, l : l + len(row)] = 1
+        loss_mask[i, l : l + len(row)] = torch.tensor(mask, dtype=torch.bool)
+    return ids, attention, loss_mask
+
+
+# --- the model ----------------------------------------------------------------------------------
+class ContinuousThoughts(nn.Module):
+    """Wraps any Hugging Face causal LM. `forward` takes the LM's own arguments; wherever
+    `input_ids` holds `<thought>`, the input embedding is the last hidden state of the position
+    before. Works with a KV cache handed in (generation) or its own (training, gradients flow
+    through the cache into earlier passes)."""
+
+    def __init__(self, model, thought_id: int) -> None:
+        super().__init__()
+        self.model = model
+        self.thought_id = thought_id
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache: bool = True, **_):
+        batch, width = input_ids.shape
+        cache = past_key_values if past_key_values is not None else DynamicCache()
+        past = cache.get_seq_length()
+        if attention_mask is None:
+            attention_mask = torch.ones((batch, past + width), dtype=torch.long, device=input_ids.device)
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
+        tokens = self.model.get_input_embeddings()(input_ids)  # [B, T, H]
+        is_thought = input_ids == self.thought_id  # [B, T]
+        columns = is_thought.any(0).nonzero().flatten().tolist()
+        if columns and columns[0] == 0:
+            raise ValueError("a <thought> needs a position before it (the first column is one)")
+        bounds = [0, *columns, width]
+        logits, last_hidden = [], None
+        for start, end in itertools.pairwise(bounds):
+            if start == end:
+                continue
+            embeds = tokens[:, start:end]
+            if last_hidden is not None:  # the first column of this pass is a thought for some rows
+                first = torch.where(is_thought[:, start, None], last_hidden, embeds[:, 0])
+                embeds = torch.cat([first[:, None], embeds[:, 1:]], dim=1)
+            out = self.model(inputs_embeds=embeds, attention_mask=attention_mask[:, : past + end],
+                             position_ids=position_ids[:, start:end], past_key_values=cache, use_cache=True,
+                             output_hidden_states=True)
+            logits.append(out.logits)
+            last_hidden = out.hidden_states[-1][:, -1].to(tokens.dtype)  # [B, H], post final norm
+        return SimpleNamespace(logits=torch.cat(logits, dim=1), past_key_values=cache)
+
+
+def coconut_loss(wrapper: ContinuousThoughts, ids, attention, loss_mask) -> torch.Tensor:
+    """Mean next-token cross-entropy over the target tokens of a batch from `pad_aligned`."""
+    logits = wrapper(ids, attention_mask=attention).logits[:, :-1].float()
+    targets, mask = ids[:, 1:], loss_mask[:, 1:]
+    losses = nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return (losses * mask).sum() / mask.sum().clamp(min=1)

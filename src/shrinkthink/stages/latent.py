@@ -1,0 +1,194 @@
+"""Latent: internalise what reasoning is left, so the model answers with few or no visible
+reasoning tokens ("distill the knowledge into the forward passes").
+
+- `method: coconut`: curriculum stage k replaces the first k reasoning steps by k*c continuous
+  thoughts (latent/coconut.py); the stage advances every `steps_per_stage` steps.
+- `method: icot`: the first s reasoning tokens are removed, s growing every `remove_every_steps`
+  steps, with removal smoothing (latent/icot.py).
+
+Either way the optimizer is reset whenever the curriculum moves on. The reasoning comes from the
+policy's own verified greedy transcripts (after a shrink stage, the short ones; a line a step), or
+the task's gold steps where the policy fails or with `source: gold`. The pool is written to
+`latent/<stage>.jsonl` in the run directory, so a resumed run trains on the same one.
+
+    shrinkthink run configs/icot-multiply-4x4-cpu.yaml
+    shrinkthink run configs/coconut-prosqa-cpu.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import torch
+
+from shrinkthink.config import LatentStage
+from shrinkthink.latent import coconut, icot
+from shrinkthink.learners import make_optimizer, supervised_step
+from shrinkthink.records import Problem
+from shrinkthink.stages import StageContext, StageResult
+from shrinkthink.tasks.base import ANSWER_PREFIX, reasoning_part
+
+
+def transcript_steps(text: str) -> list[str]:
+    """The reasoning lines of a transcript, a step each."""
+    return [line for line in reasoning_part(text).split("\n") if line.strip()]
+
+
+def reasoning_pool(ctx: StageContext, stage: LatentStage, problems: list[Problem]
+                   ) -> tuple[list[list[str]], list[str]]:
+    """Steps for every problem and where they came from: the policy's own when its greedy answer
+    verifies, else gold."""
+    gold = [list(p.steps or []) for p in problems]
+    if stage.source == "gold":
+        return gold, ["gold"] * len(gold)
+    policy = ctx.policy
+    samples = policy.sample([policy.prompt_ids(p.prompt) for p in problems],
+                            max_new_tokens=stage.max_new_tokens, greedy=True)
+    steps, source = [], []
+    for problem, ids, finished, fallback in zip(problems, samples.completion_ids, samples.finished, gold):
+        text = policy.decode(ids)
+        solved = finished and ctx.task.score(problem, text) >= 1.0
+        steps.append(transcript_steps(text) if solved else fallback)
+        source.append("policy" if solved else "gold")
+    return steps, source
+
+
+def load_pool(ctx: StageContext, stage: LatentStage) -> tuple[list[Problem], list[list[str]], float]:
+    """(problems, their steps, share taken from the policy), built once per run."""
+    problems = [p for level in stage.levels
+                for p in ctx.task.problems(level, stage.pool_problems, "train", seed=ctx.config.seed)]
+    path = ctx.run.path / "latent" / f"{stage.name}.jsonl"
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        steps = [row["steps"] for row in rows]
+        source = [row["source"] for row in rows]
+    else:
+        steps, source = reasoning_pool(ctx, stage, problems)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"id": p.id, "source": src, "steps": s}) + "\n"
+                                for p, src, s in zip(problems, source, steps)))
+    return problems, steps, source.count("policy") / max(1, len(source))
+
+
+def run(ctx: StageContext, stage: LatentStage) -> StageResult:
+    policy, seed = ctx.policy, ctx.config.seed
+    problems, steps, policy_share = load_pool(ctx, stage)
+    tok = policy.tokenizer
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False).input_ids
+
+    prompts = [policy.prompt_ids(p.prompt) for p in problems]
+    step_ids = [[ids(s + "\n") for s in row] for row in steps]
+    answers = [policy.completion_ids(ANSWER_PREFIX + p.answer) for p in problems]
+    longest = max(sum(len(s) for s in row) for row in step_ids)
+
+    if stage.method == "coconut":
+        tokens = coconut.add_latent_tokens(policy.model, tok)
+        wrapper = coconut.ContinuousThoughts(policy.model, tokens.thought)
+        last_phase = stage.max_latent_stage + 1
+
+        def phase_at(step: int) -> int:
+            return min(stage.start_stage + step // stage.steps_per_stage, last_phase)
+
+        def final(phase: int) -> bool:
+            return phase == last_phase
+
+        def latent_mode(phase: int) -> dict:
+            return {"method": "coconut", "stage": phase, "thoughts":
+                    coconut.thoughts_at(phase, stage.thoughts_per_step, stage.max_latent_stage)}
+    else:
+        offsets = icot.smoothing_probs(stage.smoothing_lambda, stage.max_offset)
+
+        def phase_at(step: int) -> int:
+            return icot.scheduled_removal(step, stage.remove_tokens, stage.remove_every_steps, stage.remove_start)
+
+        def final(phase: int) -> bool:
+            return phase >= longest or (stage.drop_all_after is not None and phase > stage.drop_all_after)
+
+        def latent_mode(phase: int) -> dict:
+            return {"method": "icot", "removed_tokens": phase, "thoughts": 0}
+
+    optimizer = make_optimizer(policy, stage.lr)
+    start, phase, phase_start = 0, phase_at(0), 0
+    if ctx.resume_state:
+        start = ctx.resume_state["stage_step"]
+        phase = ctx.resume_state["stage_state"]["phase"]
+        phase_start = ctx.resume_state["stage_state"]["phase_start"]
+        optimizer.load_state_dict(ctx.resume_state["trainer"]["optimizer"])
+    policy.latent = latent_mode(phase)
+    bar = ctx.bar(stage.steps, start)
+    stop_reason, step = "step budget", start
+    for step in range(start, stage.steps):
+        began = time.time()
+        rng = random.Random(f"{seed}:{ctx.stage_name}:{step}")
+        record: dict = {}
+        if phase_at(step) != phase:
+            # a new curriculum step changes the task under the optimizer's moment estimates
+            phase, phase_start = phase_at(step), step
+            optimizer = make_optimizer(policy, stage.lr)
+            policy.latent = latent_mode(phase)
+            record["optimizer_reset"] = True
+        warm = min(1.0, (step - phase_start + 1) / stage.warmup_steps) if stage.warmup_steps else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] = stage.lr * warm
+        batch = [rng.randrange(len(problems)) for _ in range(stage.batch_size)]
+        policy.model.train()
+        if stage.method == "coconut":
+            rows, masks, anchors, thoughts = [], [], [], []
+            for i in batch:
+                at = phase
+                if phase > 0 and rng.random() < stage.earlier_stage_share:
+                    at = rng.randrange(phase)
+                row, mask = coconut.coconut_example(prompts[i], step_ids[i], answers[i], at, stage.thoughts_per_step,
+                                                    stage.max_latent_stage, tokens)
+                rows.append(row)
+                masks.append(mask)
+                anchors.append(len(prompts[i]))
+                thoughts.append(row.count(tokens.thought))
+            batch_ids, attention, loss_mask = coconut.pad_aligned(rows, masks, anchors, policy.pad_id)
+            device = policy.device
+            loss = coconut.coconut_loss(wrapper, batch_ids.to(device), attention.to(device), loss_mask.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.model.parameters(), stage.max_grad_norm)
+            optimizer.step()
+            loss, tokens_seen = loss.item(), int(attention.sum())
+            record |= {"curriculum_stage": phase, "thoughts": sum(thoughts) / len(thoughts),
+                       "target_tokens": int(loss_mask.sum()) / len(batch)}
+        else:
+            removed, targets = [], []
+            for i in batch:
+                reasoning = [t for s in step_ids[i] for t in s]
+                cut = icot.tokens_to_remove(phase, icot.sample_offset(offsets, rng), len(reasoning), stage.drop_all_after)
+                removed.append(cut)
+                targets.append(icot.icot_target(reasoning, answers[i], cut))
+            loss = supervised_step(policy, optimizer, [prompts[i] for i in batch], targets, stage.max_grad_norm)
+            tokens_seen = sum(len(prompts[i]) + len(t) for i, t in zip(batch, targets))
+            record |= {"removed_tokens": phase, "mean_removed_tokens": sum(removed) / len(removed),
+                       "target_tokens": sum(len(t) for t in targets) / len(targets)}
+        seconds = time.time() - began
+        record |= {"loss": loss, "lr": optimizer.param_groups[0]["lr"], "latent_steps": policy.latent_steps,
+                   "seconds": seconds, "tokens_per_s": tokens_seen / max(seconds, 1e-9)}
+        done = step + 1
+        if done % stage.eval_every == 0 or done == stage.steps:
+            evaluation = ctx.evaluate(stage.levels, stage.eval_problems, stage.max_new_tokens)
+            record |= {"accuracy": evaluation.accuracy, "mean_reasoning_tokens": evaluation.mean_reasoning_tokens,
+                       **{f"accuracy_level_{k}": v for k, v in evaluation.accuracy_by_level.items()}}
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{evaluation.accuracy:.2f}", phase=phase)
+            # the gate only ends a finished curriculum: earlier, accuracy is bought with visible reasoning
+            if final(phase) and stage.gate.accuracy is not None and evaluation.accuracy >= stage.gate.accuracy:
+                stop_reason = f"gate: accuracy {evaluation.accuracy:.2f}"
+        ctx.log(done, **record)
+        bar.update(1)
+        if done % stage.checkpoint_every == 0 and done < stage.steps:
+            ctx.checkpoint(done, {"optimizer": optimizer.state_dict()}, {"phase": phase, "phase_start": phase_start})
+        if stop_reason != "step budget":
+            break
+    bar.close()
+    return StageResult(steps=step + 1 if stage.steps else 0, stop_reason=stop_reason,
+                       extra={"max_new_tokens": stage.max_new_tokens, "latent_steps": policy.latent_steps,
+                              "method": stage.method, "curriculum_final": final(phase),
+                              "policy_source_share": policy_share})

@@ -1,0 +1,249 @@
+"""The latent stage: COCONUT's hidden-state feedback with a KV cache equals recomputing the whole
+sequence; the curriculum and loss masks on a hand-made example; iCoT's removal schedule and
+smoothing distribution; a latent policy generates, saves and loads; and a short CLI run
+(warm start, then a latent stage) trains, logs, summarises and resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_pipeline import cli, crash_in, metric_lines, step_keys
+
+from shrinkthink.config import load_config
+from shrinkthink.latent import coconut, icot
+from shrinkthink.model import tiny_policy
+from shrinkthink.pipeline import run_pipeline
+from shrinkthink.policy import Policy
+
+
+@pytest.fixture
+def tiny():
+    model, tokenizer = tiny_policy(depth=2, seed=0)
+    tokens = coconut.add_latent_tokens(model, tokenizer)
+    model.eval()
+    return model, tokenizer, tokens
+
+
+def recompute_logits(model, ids: torch.Tensor, attention: torch.Tensor, thought_id: int) -> torch.Tensor:
+    """The definition, no cache: fill each thought from a full forward pass over everything
+    before it, then run the whole sequence once more."""
+    embeds = model.get_input_embeddings()(ids).clone()
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    for col in range(ids.shape[1]):
+        rows = ids[:, col] == thought_id
+        if rows.any():
+            out = model(inputs_embeds=embeds[:, :col], attention_mask=attention[:, :col],
+                        position_ids=positions[:, :col], output_hidden_states=True)
+            embeds[rows, col] = out.hidden_states[-1][rows, -1]
+    return model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions).logits
+
+
+# --- COCONUT --------------------------------------------------------------------------------------
+def test_feedback_with_cache_equals_full_recompute(tiny):
+    model, tokenizer, tokens = tiny
+    # rows with 3, 1 and 0 thoughts, different prompt lengths, aligned on <bot> as in training
+    rows = [[5, 6, 7, tokens.bot] + [tokens.thought] * 3 + [tokens.eot, 20, 21],
+            [9, 10, 11, 12, 13, tokens.bot, tokens.thought, tokens.eot, 30, 31, 32],
+            [14, tokens.bot, tokens.eot, 40, 41]]
+    anchors = [r.index(tokens.bot) for r in rows]
+    ids, attention, _ = coconut.pad_aligned(rows, [[True] * len(r) for r in rows], anchors, tokenizer.pad_token_id)
+    wrapper = coconut.ContinuousThoughts(model, tokens.thought)
+    with torch.no_grad():
+        cached = wrapper(ids, attention_mask=attention).logits
+        full = recompute_logits(model, ids, attention, tokens.thought)
+    real = attention.bool()
+    assert cached.shape == full.shape
+    torch.testing.assert_close(cached[real], full[real], atol=1e-5, rtol=1e-4)
+
+
+def test_n_thoughts_take_n_plus_one_passes(tiny):
+    model, _tokenizer, tokens = tiny
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    wrapper = coconut.ContinuousThoughts(model, tokens.thought)
+    ids = torch.tensor([[5, 6, tokens.bot] + [tokens.thought] * 4 + [tokens.eot, 7]])
+    with torch.no_grad():
+        wrapper(ids)
+    handle.remove()
+    assert len(calls) == 5
+
+
+def test_gradient_reaches_through_the_thoughts(tiny):
+    """The loss after the thoughts depends on the question through the fed-back hidden states."""
+    model, _tokenizer, tokens = tiny
+    model.train()
+    wrapper = coconut.ContinuousThoughts(model, tokens.thought)
+    ids = torch.tensor([[5, 6, tokens.bot, tokens.thought, tokens.thought, tokens.eot, 7, 8]])
+    mask = torch.tensor([[False] * 6 + [True, True]])
+    loss = coconut.coconut_loss(wrapper, ids, torch.ones_like(ids), mask)
+    loss.backward()
+    assert model.get_input_embeddings().weight.grad[5].abs().sum() > 0
+
+
+def test_stage_schedule():
+    # 3 steps, c=2, max_latent_stage=2: (steps replaced, thoughts)
+    plans = [coconut.stage_plan(3, k, 2, 2) for k in range(5)]
+    assert plans == [(0, 0), (1, 2), (2, 4), (3, 4), (3, 4)]
+    # an example shorter than the stage: every step replaced, thoughts as the stage says
+    assert coconut.stage_plan(1, 2, 2, 3) == (1, 4)
+    assert [coconut.thoughts_at(k, 2, 2) for k in range(5)] == [0, 2, 4, 4, 4]
+
+
+def test_example_and_loss_mask_by_hand():
+    tokens = coconut.LatentTokens(bot=100, eot=101, thought=102)
+    prompt, steps, answer = [1, 2], [[10, 11], [12], [13, 14]], [50, 2]
+    ids, mask = coconut.coconut_example(prompt, steps, answer, 0, 1, 2, tokens)
+    assert ids == [1, 2, 100, 101, 10, 11, 12, 13, 14, 50, 2]
+    assert mask == [False] * 4 + [True] * 7
+    ids, mask = coconut.coconut_example(prompt, steps, answer, 2, 1, 2, tokens)
+    assert ids == [1, 2, 100, 102, 102, 101, 13, 14, 50, 2]
+    assert mask == [False] * 6 + [True] * 4
+    ids, mask = coconut.coconut_example(prompt, steps, answer, 3, 2, 2, tokens)
+    assert ids == [1, 2, 100] + [102] * 4 + [101, 50, 2]
+    assert mask == [False] * 8 + [True] * 2
+
+
+def test_pad_aligned_puts_bot_in_one_column():
+    rows = [[1, 2, 100, 102, 101, 7], [3, 100, 101, 8, 9, 10]]
+    masks = [[False] * 5 + [True], [False] * 3 + [True] * 3]
+    ids, attention, loss_mask = coconut.pad_aligned(rows, masks, [2, 1], 0)
+    assert ids.tolist() == [[1, 2, 100, 102, 101, 7, 0], [0, 3, 100, 101, 8, 9, 10]]
+    assert attention.tolist() == [[1, 1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1, 1]]
+    assert loss_mask.tolist() == [[False] * 5 + [True, False], [False] * 4 + [True] * 3]
+
+
+def test_latent_policy_generates_batched_and_round_trips(tiny, tmp_path):
+    model, tokenizer, tokens = tiny
+    policy = Policy(model, tokenizer)
+    policy.latent = {"method": "coconut", "thoughts": 3}
+    prompts = [policy.prompt_ids("12+7=?"), policy.prompt_ids("3+4+5=?")]
+    batched = policy.sample(prompts, max_new_tokens=6, greedy=True)
+    # one row at a time, recomputing the whole sequence for every token: the reference's way
+    for prompt, got in zip(prompts, batched.completion_ids):
+        ids = torch.tensor([coconut.latent_prompts([prompt], tokens, 3)[0]])
+        expected = []
+        with torch.no_grad():
+            for _ in range(len(got)):
+                logits = recompute_logits(model, ids, torch.ones_like(ids), tokens.thought)
+                token = int(logits[0, -1].argmax())
+                expected.append(token)
+                ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+        assert got == expected
+    policy.save(tmp_path / "ckpt")
+    loaded = Policy.load(tmp_path / "ckpt")
+    assert loaded.latent == policy.latent and loaded.latent_steps == 3
+    assert loaded.sample(prompts, max_new_tokens=6, greedy=True).completion_ids == batched.completion_ids
+
+
+# --- iCoT -----------------------------------------------------------------------------------------
+def test_removal_schedule():
+    assert [icot.scheduled_removal(s, 8, 100) for s in (0, 99, 100, 250)] == [0, 0, 8, 16]
+    assert icot.scheduled_removal(0, 8, 100, remove_start=4) == 4
+    assert icot.tokens_to_remove(8, 2, 30, None) == 10
+    assert icot.tokens_to_remove(28, 5, 30, None) == 30  # capped at the transcript
+    assert icot.tokens_to_remove(17, 0, 30, drop_all_after=16) == 30
+    assert icot.tokens_to_remove(16, 0, 30, drop_all_after=16) == 16
+    assert icot.icot_target([1, 2, 3, 4], [9, 2], 3) == [4, 9, 2]
+
+
+def test_smoothing_distribution():
+    probs = icot.smoothing_probs(4.0, 3)
+    z = sum(math.exp(-4 * o) for o in range(4))
+    assert probs == pytest.approx([math.exp(-4 * o) / z for o in range(4)])
+    assert icot.smoothing_probs(None, 3) == [1.0, 0.0, 0.0, 0.0]
+    rng = random.Random(0)
+    draws = [icot.sample_offset(icot.smoothing_probs(1.0, 5), rng) for _ in range(20000)]
+    expected = icot.smoothing_probs(1.0, 5)
+    for o in range(6):
+        assert draws.count(o) / len(draws) == pytest.approx(expected[o], abs=0.01)
+
+
+# --- the stage, end to end ------------------------------------------------------------------------
+CONFIG = """\
+name: latent-e2e
+seed: 0
+threads: 1
+model: {kind: tiny, depth: 2}
+task: {name: arith, options: {max_operand: 3}, eval_levels: [1, 2], eval_problems: 8}
+stages:
+  - name: warm
+    kind: warmstart
+    steps: 20
+    levels: [1, 2]
+    batch_size: 32
+    lr: 0.01
+    digression_rate: 0.0
+    eval_every: 20
+    eval_problems: 8
+  - name: think
+    kind: latent
+    method: {method}
+    levels: [1, 2]
+    steps: 6
+    pool_problems: 20
+    batch_size: 8
+    eval_every: 3
+    eval_problems: 4
+    checkpoint_every: 2
+    max_new_tokens: 24
+{extra}
+"""
+METHODS = {
+    "coconut": "    steps_per_stage: 2\n    max_latent_stage: 1\n    earlier_stage_share: 0.3",
+    "icot": "    remove_every_steps: 2\n    remove_tokens: 4\n    drop_all_after: 6",
+}
+
+
+@pytest.mark.parametrize("method", ["coconut", "icot"])
+def test_cli_run_with_latent_stage(method, tmp_path):
+    path = tmp_path / "latent.yaml"
+    path.write_text(CONFIG.replace("{method}", method).replace("{extra}", METHODS[method]))
+    run_dir = tmp_path / "run"
+    result = cli("run", str(path), "--run-dir", str(run_dir), "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    warm, think = summary["stages"]
+    assert warm["latent_steps"] == 0
+    expected_thoughts = 1 if method == "coconut" else 0  # stage 2: every step latent, 1 thought
+    assert think["latent_steps"] == expected_thoughts and think["curriculum_final"]
+    before = load_file(run_dir / "checkpoints" / "warm" / "model.safetensors")
+    after = load_file(run_dir / "checkpoints" / "think" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k][: before[k].shape[0]]) for k in before)
+    lines = [r for r in metric_lines(run_dir) if r["stage"] == "think" and r.get("event") != "stage_end"]
+    assert [r["step"] for r in lines] == list(range(1, 7))
+    assert all({"loss", "latent_steps", "seconds"} <= set(r) for r in lines)
+    assert sum(bool(r.get("optimizer_reset")) for r in lines) == 2
+    assert (run_dir / "latent" / "think.jsonl").is_file()
+    # the checkpoint answers through `eval` and `sample` as it was trained to
+    evaluated = cli("eval", str(run_dir / "checkpoints" / "think"), "--task", "arith", "--options",
+                    "{max_operand: 3}", "--levels", "1", "--n", "4", "--max-new-tokens", "16", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    sampled = cli("sample", str(run_dir / "checkpoints" / "think"), "1+2=?", "--max-new-tokens", "16", cwd=tmp_path)
+    assert sampled.returncode == 0, sampled.stderr
+
+
+@pytest.mark.parametrize("method", ["coconut", "icot"])
+def test_latent_stage_resumes_to_the_same_weights(method, tmp_path, monkeypatch):
+    path = tmp_path / "latent.yaml"
+    path.write_text(CONFIG.replace("{method}", method).replace("{extra}", METHODS[method]))
+    config = load_config(path)
+    reference = tmp_path / "reference"
+    run_pipeline(config, run_dir=str(reference), progress=False)
+    crashed = tmp_path / "crashed"
+    crash_in("think", 5, monkeypatch)  # after the step-4 checkpoint, mid curriculum stage
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(config, run_dir=str(crashed), progress=False)
+    monkeypatch.undo()
+    state = json.loads((crashed / "checkpoints" / "latest" / "state.json").read_text())
+    assert (state["stage_index"], state["stage_step"]) == (1, 4)
+    run_pipeline(config, run_dir=str(crashed), resume=True, progress=False)
+    want = load_file(reference / "checkpoints" / "think" / "model.safetensors")
+    got = load_file(crashed / "checkpoints" / "think" / "model.safetensors")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=1e-5)
+    assert step_keys(crashed) == step_keys(reference)
