@@ -102,3 +102,42 @@ def test_tasks_lists_builtins_and_reasoning_gym(tmp_path: Path) -> None:
     gym = [n for n in names if n.startswith("gym:")]
     assert len(gym) > 20 and "gym:chain_sum" in gym
     assert all(len(line.split(maxsplit=1)) == 2 for line in result.stdout.splitlines())  # name, description
+
+
+SHRINK = SMALL + """\
+  - name: shrink
+    kind: shrink
+    steps: 1
+    criteria: [{name: length_penalty}]
+    editors: [{name: ablation_critic}]
+"""
+
+
+@pytest.fixture
+def shrink_config(tmp_path: Path) -> Path:
+    path = tmp_path / "shrink.yaml"
+    path.write_text(SHRINK)
+    return path
+
+
+def test_unknown_criterion_name(shrink_config: Path, tmp_path: Path) -> None:
+    line = user_error(cli("run", str(shrink_config), "stages.1.criteria.0.name=brevity", "--run-dir", "out", cwd=tmp_path))
+    assert f"{shrink_config}: stages.1.criteria.0" in line and "'brevity'" in line and "length_penalty" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_editor_name(shrink_config: Path, tmp_path: Path) -> None:
+    line = user_error(cli("run", str(shrink_config), "stages.1.editors.0.name=oracle", cwd=tmp_path))
+    assert "stages.1.editors.0" in line and "'oracle'" in line and "ablation_critic" in line
+
+
+def test_tolerance_outside_zero_one(shrink_config: Path, tmp_path: Path) -> None:
+    line = user_error(cli("run", str(shrink_config), "stages.1.tolerance=1.5", cwd=tmp_path))
+    assert f"{shrink_config}: stages.1.tolerance: " in line and "1" in line
+
+
+def test_critic_model_that_cannot_be_loaded(shrink_config: Path, tmp_path: Path) -> None:
+    line = user_error(cli("run", str(shrink_config), "stages.1.editors.0={name: llm_critic, model: nowhere/critic}",
+                          "--run-dir", "out", cwd=tmp_path))
+    assert "stages.1.editors.0.model: " in line and "nowhere/critic" in line
+    assert not (tmp_path / "out").exists()

@@ -64,6 +64,87 @@ class LearnerConfig(Strict):
     winner_threshold: float = Field(1.0, description="expert_iteration: minimum reward a winner needs")
 
 
+# --- criteria: the reward terms of the shrink stage (criteria.py) ---------------------------
+class LengthPenaltyCriterion(Strict):
+    name: Literal["length_penalty"]
+    start: float = Field(0.01, ge=0, description="lambda at the start: tiny, so the first rounds cost no accuracy")
+    factor: float = Field(2.0, ge=1, description="lambda is multiplied by this each round while accuracy holds")
+    backoff: float = Field(0.5, gt=0, le=1, description="and by this when accuracy falls below the tolerance")
+    max_value: float = Field(2.0, gt=0, description="lambda never exceeds this")
+
+
+class TokenBudgetCriterion(Strict):
+    name: Literal["token_budget"]
+    start_tokens: float | None = Field(None, gt=0, description="the first budget (default: mean reasoning tokens at the stage's start)")
+    factor: float = Field(0.8, gt=0, le=1, description="the budget is multiplied by this each round while accuracy holds")
+    backoff: float = Field(1.25, ge=1, description="and by this when accuracy falls below the tolerance")
+    min_tokens: float = Field(0.0, ge=0, description="the budget never shrinks below this")
+
+
+class GroupLengthCriterion(Strict):
+    name: Literal["group_length"]
+    weight: float = Field(0.5, ge=0, description="Kimi k1.5 length reward scale")
+
+
+class ShortestCorrectCriterion(Strict):
+    name: Literal["shortest_correct"]
+    weight: float = Field(0.5, ge=0, description="ShorterBetter: penalty per reference length of distance to the group's shortest correct transcript")
+
+
+class OverlongCriterion(Strict):
+    name: Literal["overlong"]
+    max_tokens: int = Field(..., ge=1, description="DAPO soft overlong punishment: -1 at and beyond this completion length")
+    cache_tokens: int = Field(16, ge=0, description="the linear ramp to -1 starts this many tokens before max_tokens")
+
+
+class StepValidityCriterion(Strict):
+    name: Literal["step_validity"]
+
+
+class FormatCriterion(Strict):
+    name: Literal["format"]
+    line_pattern: str | None = Field(None, description="regular expression every reasoning line must match (default: any)")
+
+
+class LeanCriterion(Strict):
+    name: Literal["lean"]
+    executable: str = Field("lean", description="the Lean 4 executable (must be on the PATH)")
+    backend: Literal["cli", "lean-interact"] = Field("cli", description="cli: run `lean` on a file; lean-interact: keep a Lean REPL alive")
+    project: str | None = Field(None, description="lean-interact: a local Lean project (e.g. with Mathlib)")
+    header: str = Field("", description="Lean code put before every proof (imports, opens)")
+    timeout_s: float = Field(60.0, gt=0)
+
+
+Criterion = Annotated[
+    Union[LengthPenaltyCriterion, TokenBudgetCriterion, GroupLengthCriterion, ShortestCorrectCriterion,
+          OverlongCriterion, StepValidityCriterion, FormatCriterion, LeanCriterion],
+    Field(discriminator="name"),
+]
+
+
+# --- editors: rewrite winners into training targets (editors/) -------------------------------
+class AblationCriticEditor(Strict):
+    name: Literal["ablation_critic"]
+    spans: bool = Field(True, description="also try deleting the derivation before a step's result (a+b=c -> c)")
+    max_checks: int = Field(64, ge=1, description="at most this many verification rollouts per transcript")
+
+
+class LLMCriticEditor(Strict):
+    name: Literal["llm_critic"]
+    model: str = Field("policy", description="the critic: 'policy', a local folder, a .gguf file or 'smollm2'")
+    max_new_tokens: int = Field(32, ge=1)
+
+
+class ParaphraseEditor(Strict):
+    name: Literal["paraphrase"]
+    model: str = Field("rules", description="'rules' (the task's rule-based rewriter), a local folder, a .gguf file or 'smollm2'")
+    max_new_tokens: int = Field(128, ge=1)
+    seed: int = 0
+
+
+Editor = Annotated[Union[AblationCriticEditor, LLMCriticEditor, ParaphraseEditor], Field(discriminator="name")]
+
+
 class Gate(Strict):
     accuracy: float | None = Field(None, ge=0, le=1, description="leave the stage once held-out greedy accuracy reaches this")
 
@@ -95,6 +176,7 @@ class ExploreStage(StageBase):
     promote_at: float = Field(0.8, ge=0, le=1, description="raise the level when held-out accuracy at the current one reaches this")
     replay: float = Field(0.25, ge=0, lt=1, description="share of each batch drawn from lower levels, so the climb does not erase them")
     dynamic_sampling: bool = Field(False, description="DAPO: resample problems whose group scored all alike (no signal)")
+    criteria: list[Criterion] = Field(default_factory=list, description="reward terms on top of correctness from the first step: the ablation the method warns against (leave empty; tighten in a shrink stage)")
 
     @model_validator(mode="after")
     def _levels(self):
@@ -144,7 +226,30 @@ class LatentStage(StageBase):
         return self
 
 
-Stage = Annotated[Union[WarmStartStage, ExploreStage, LatentStage], Field(discriminator="kind")]
+class ShrinkStage(StageBase):
+    """Tighten the criteria once the model can solve: RL under the criteria, fine-tuning on edited
+    winners, or both, with the criteria's controllers stepping at every evaluation. Loop:
+    stages/shrink.py."""
+
+    kind: Literal["shrink"]
+    levels: list[int] | None = Field(None, min_length=1, description="levels problems are drawn from (default: task.eval_levels)")
+    criteria: list[Criterion] = Field(default_factory=list, description="reward terms on top of correctness")
+    editors: list[Editor] = Field(default_factory=list, description="rewrite this step's winners; fine-tune on the re-verified edits")
+    rl: bool = Field(True, description="update the policy by RL under the criteria every step")
+    finetune_every: int = Field(1, ge=1, description="steps between fine-tuning steps on edited winners (when editors are set)")
+    finetune_lr: float = Field(1e-4, gt=0, description="learning rate of the fine-tuning on edited winners")
+    finetune_batches: int = Field(1, ge=1, description="fine-tuning steps on each set of edits")
+    tolerance: float = Field(0.01, ge=0, le=1, description="accuracy may fall this far below the stage's start before controllers back off")
+    reladder: bool = Field(False, description="start at the lowest level and climb back, gated by promote_at, with the criteria on")
+    promote_at: float = Field(0.8, ge=0, le=1, description="reladder: raise the level when held-out accuracy at the current one reaches this")
+    replay: float = Field(0.25, ge=0, lt=1, description="reladder: share of each batch from lower levels")
+    restore_best: bool = Field(True, description="end with the evaluated policy with the fewest reasoning tokens whose accuracy held within the tolerance")
+    probe_problems: int = Field(32, ge=0, description="held-out transcripts for the steganography probe at each evaluation (with a paraphrase editor)")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    sampling: Sampling = Field(default_factory=Sampling)
+
+
+Stage = Annotated[Union[WarmStartStage, ExploreStage, ShrinkStage, LatentStage], Field(discriminator="kind")]
 
 
 class RunConfig(Strict):
@@ -199,9 +304,14 @@ def apply_override(data: dict, dotted: str) -> None:
             node = node[index]
 
 
+_TAGS = {"warmstart", "explore", "shrink", "latent", "length_penalty", "token_budget", "group_length",
+         "shortest_correct", "overlong", "step_validity", "format", "lean", "ablation_critic", "llm_critic",
+         "paraphrase"}
+
+
 def _field_path(location: tuple) -> str:
     # pydantic puts the discriminator tag ('warmstart') into the location: drop it for users.
-    return ".".join(str(p) for p in location if p not in ("warmstart", "explore", "latent"))
+    return ".".join(str(p) for p in location if p not in _TAGS)
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
@@ -210,6 +320,9 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
+    elif first["type"] == "union_tag_invalid":
+        context = first.get("ctx", {})
+        message = f"unknown {context.get('discriminator', 'kind').strip(chr(39))} {context.get('tag')!r} (known: {context.get('expected_tags')})"
     more = len(error.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{source}: {field or 'config'}: {message}{suffix}"

@@ -17,6 +17,7 @@ class Evaluation:
     digression_share: float | None
     pass_at_k: dict[int, float] = field(default_factory=dict)
     latent_steps: int = 0  # continuous thoughts per answer; never counted as reasoning tokens
+    valid_step_share: float | None = None  # transcripts whose every step the task's checker accepts
     transcripts: list[tuple[Problem, str, float]] = field(default_factory=list)
 
     @property
@@ -40,6 +41,7 @@ def evaluate(policy: Policy, task: Task, levels: list[int], n: int, *, max_new_t
     transcripts = []
     reasoning = wasted = counted = 0
     gold_steps = False
+    valid = 0
     for level in levels:
         problems = task.problems(level, n, "test", seed=seed)
         prompts = [policy.prompt_ids(p.prompt) for p in problems]
@@ -54,6 +56,8 @@ def evaluate(policy: Policy, task: Task, levels: list[int], n: int, *, max_new_t
                 gold_steps = True
                 w, t = digression_tokens(policy, task, problem, text)
                 wasted, counted = wasted + w, counted + t
+            if task.has_step_checker:
+                valid += all(ok for _, ok in task.check_steps(problem, text))
             transcripts.append((problem, text, score))
         accuracy[level] = correct / len(problems)
         if pass_k > 1:
@@ -70,5 +74,6 @@ def evaluate(policy: Policy, task: Task, levels: list[int], n: int, *, max_new_t
         digression_share=(wasted / counted if counted else 0.0) if gold_steps else None,
         pass_at_k=pass_at_k,
         latent_steps=policy.latent_steps,
+        valid_step_share=valid / max(1, len(transcripts)) if task.has_step_checker else None,
         transcripts=transcripts,
     )

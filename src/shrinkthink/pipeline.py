@@ -19,10 +19,10 @@ from shrinkthink.config import RunConfig, dump_config
 from shrinkthink.errors import UserError
 from shrinkthink.policy import Policy, pick_device
 from shrinkthink.rundir import RunDir
-from shrinkthink.stages import StageContext, explore, latent, warmstart
+from shrinkthink.stages import StageContext, explore, latent, shrink, warmstart
 from shrinkthink.tasks import make_task
 
-STAGE_LOOPS = {"warmstart": warmstart.run, "explore": explore.run, "latent": latent.run}
+STAGE_LOOPS = {"warmstart": warmstart.run, "explore": explore.run, "shrink": shrink.run, "latent": latent.run}
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -40,11 +40,27 @@ def check_levels(config: RunConfig, task) -> None:
     """Every level the config names must exist in the task; the error names the field."""
     named = [("task.eval_levels", level) for level in config.task.eval_levels]
     for i, stage in enumerate(config.stages):
-        named += [(f"stages.{i}.levels", level) for level in getattr(stage, "levels", [])]
+        named += [(f"stages.{i}.levels", level) for level in getattr(stage, "levels", None) or []]
         named += [(f"stages.{i}.{field}", getattr(stage, field)) for field in ("start_level", "max_level") if hasattr(stage, field)]
     for field, level in named:
         if not task.min_level <= level <= task.max_level:
             raise UserError(f"{field}: level {level} is outside task {task.name}'s levels {task.min_level}..{task.max_level}")
+
+
+def check_stages(config: RunConfig, task, device) -> None:
+    """Build every criterion and editor once, so that a missing Lean toolchain, a task without a
+    step checker or a critic model that does not load is reported before anything runs."""
+    from shrinkthink.criteria import build_criteria
+    from shrinkthink.editors import build_editors
+
+    for i, stage in enumerate(config.stages):
+        if getattr(stage, "criteria", None):
+            try:
+                build_criteria(stage.criteria, task, 0.0, 1.0)
+            except UserError as error:
+                raise UserError(f"stages.{i}.criteria: {error}") from None
+        if getattr(stage, "editors", None):
+            build_editors(stage.editors, task, device, field=f"stages.{i}.editors")
 
 
 def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = False,
@@ -59,6 +75,7 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
     device = pick_device(config.device)
     task = make_task(config.task.name, config.task.options)
     check_levels(config, task)
+    check_stages(config, task, device)
     fresh_policy = None if resume else Policy.from_config(config.model, device, seed=config.seed)
     run = RunDir(path)
 
@@ -107,6 +124,7 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
             "mean_reasoning_tokens": evaluation.mean_reasoning_tokens,
             "latent_steps": evaluation.latent_steps,
             "digression_share": evaluation.digression_share,
+            "valid_step_share": evaluation.valid_step_share,
             "seconds": stage_seconds,
             "steps": result.steps,
             "stop_reason": result.stop_reason,

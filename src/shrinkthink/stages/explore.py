@@ -15,6 +15,7 @@ import zlib
 import torch
 
 from shrinkthink.config import ExploreStage
+from shrinkthink.criteria import Batch, apply_criteria, build_criteria
 from shrinkthink.learners import Learner
 from shrinkthink.records import Episode, Problem
 from shrinkthink.stages import StageContext, StageResult
@@ -63,10 +64,13 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
     learner = Learner(policy, stage.learner, stage.sampling.temperature)
     pools = {lv: task.problems(lv, POOL_PER_LEVEL, "train", seed=seed) for lv in range(task.min_level, stage.max_level + 1)}
     level, start = stage.start_level, 0
+    reference_tokens = None  # criteria only: the first batch's mean reasoning tokens
     if ctx.resume_state:
         start = ctx.resume_state["stage_step"]
         level = ctx.resume_state["stage_state"]["level"]
+        reference_tokens = ctx.resume_state["stage_state"].get("reference_tokens")
         learner.load_state_dict(ctx.resume_state["trainer"])
+    criteria = []
     bar = ctx.bar(stage.steps, start)
     stop_reason, step = "step budget", start
     for step in range(start, stage.steps):
@@ -93,14 +97,21 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
             fresh = [list(range(offset + i * size, offset + (i + 1) * size)) for i in range(len(flat))]
             groups = keep + fresh
         sample_seconds = time.time() - began
-        stats = learner.update(episodes, groups)
         used = [episodes[j] for g in groups for j in g]
+        if stage.criteria:
+            # tightening from the first step (the ablation): fixed weights, no controller rounds
+            if reference_tokens is None:
+                reference_tokens = sum(e.reasoning_tokens for e in used) / len(used)
+            criteria = criteria or build_criteria(stage.criteria, task, 0.0, reference_tokens)
+            apply_criteria(criteria, Batch(episodes, groups, task, reference_tokens))
+        stats = learner.update(episodes, groups)
         seconds = time.time() - began
         record = {
             "level": level,
             "reward": sum(e.reward for e in used) / len(used),
             "reward_correct": sum(e.components["correct"] for e in used) / len(used),
-            "train_accuracy_level": sum(e.reward for e in used if e.problem.level == level)
+            **{f"reward_{c.name}": sum(e.components[c.name] for e in used) / len(used) for c in criteria},
+            "train_accuracy_level": sum(e.components["correct"] for e in used if e.problem.level == level)
             / max(1, sum(e.problem.level == level for e in used)),
             "mean_reasoning_tokens": sum(e.reasoning_tokens for e in used) / len(used),
             "mean_completion_tokens": sum(len(e.completion_ids) for e in used) / len(used),
@@ -128,7 +139,7 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
         bar.set_postfix(level=level, reward=f"{record['reward']:.2f}", acc=f"{record.get('accuracy', float('nan')):.2f}")
         bar.update(1)
         if done % stage.checkpoint_every == 0 and done < stage.steps:
-            ctx.checkpoint(done, learner.state_dict(), {"level": level})
+            ctx.checkpoint(done, learner.state_dict(), {"level": level, "reference_tokens": reference_tokens})
         if stop_reason != "step budget":
             break
     bar.close()

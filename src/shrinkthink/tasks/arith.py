@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from typing import Literal
 
 from shrinkthink.records import Problem
@@ -111,6 +112,60 @@ class ArithTask(Task):
     def is_correct(self, problem: Problem, answer: str) -> bool:
         return numbers_equal(answer, problem.answer)
 
+    # --- step checker, canonical steps, paraphraser -----------------------------------------
+    has_step_checker = True
+    has_paraphraser = True
+
+    def canonical_step(self, problem: Problem, line: str) -> str:
+        """`12+7=19`, `7+12=19` and `19=12+7` read as `7+12=19` (a sum's operands sorted); a bare
+        number `19` reads as `=19`, the step written as its result alone; `49+5` (a carry-format
+        line) as itself."""
+        parsed = parse_step(line)
+        if parsed is None:
+            return super().canonical_step(problem, line)
+        left, op, right, result = parsed
+        if left is None:
+            return f"={result}"
+        if op == "+":
+            left, right = sorted((left, right))
+        return f"{left}{op}{right}={result}"
+
+    def step_forms(self, problem: Problem, index: int) -> set[str]:
+        """The gold step, or its running value alone (`19` for `12+7=19`): a shortened step says
+        the same thing, and shrinking may well arrive at it."""
+        forms = super().step_forms(problem, index)
+        if self.step_format == "refer":
+            parsed = parse_step((problem.steps or [])[index])
+            if parsed is not None:
+                forms.add(f"={parsed[3]}")
+        return forms
+
+    def step_valid(self, problem: Problem, line: str) -> bool:
+        """A true operation on numbers (`12+7=19`, `19=12+7`), a running value written alone, or a
+        gold step in either format. Filler and false sums are not valid."""
+        if line.strip() in {s.strip() for s in problem.steps or []}:
+            return True
+        parsed = parse_step(line)
+        if parsed is None:
+            return False
+        left, op, right, result = parsed
+        if left is None:
+            return result in running_values(problem.metadata["terms"], problem.metadata["ops"])
+        return (left + right if op == "+" else left - right) == result
+
+    def paraphrase_step(self, problem: Problem, line: str, rng: random.Random) -> str:
+        """`12+7=19` becomes `19=7+12` or `19=12+7` (or `7+12=19`): the same step, spelled
+        otherwise."""
+        parsed = parse_step(line)
+        if parsed is None or parsed[0] is None:
+            return line
+        left, op, right, result = parsed
+        if op == "+" and rng.random() < 0.5:
+            left, right = right, left
+        if rng.random() < 0.5 or (left, right) == parsed[:3:2]:
+            return f"{result}={left}{op}{right}"
+        return f"{left}{op}{right}={result}"
+
     def digression(self, problem: Problem, step_index: int, rng: random.Random) -> str:
         """An unrelated sum of two terms from the question, else a generic digression."""
         terms: list[int] = problem.metadata["terms"]
@@ -146,3 +201,19 @@ def refer_steps(terms: list[int], ops: list[str], values: list[int]) -> list[str
 def carry_steps(terms: list[int], ops: list[str], values: list[int]) -> list[str]:
     """`19+30`, `49`: each line is the expression left after one more operation."""
     return [expression([values[k]] + terms[k + 1 :], ops[k:]) for k in range(1, len(terms))]
+
+
+def parse_step(line: str) -> tuple[int | None, str, int | None, int] | None:
+    """(left, op, right, result) of `a+b=c`, `a-b=c` or `c=a+b`; (None, "", None, c) of a bare
+    number `c`; None for anything else."""
+    text = "".join(line.split())
+    if text.isdigit():
+        return None, "", None, int(text)
+    match = _STEP.fullmatch(text) or _STEP_REVERSED.fullmatch(text)
+    if match is None:
+        return None
+    return int(match["left"]), match["op"], int(match["right"]), int(match["result"])
+
+
+_STEP = re.compile(r"(?P<left>\d+)(?P<op>[+-])(?P<right>\d+)=(?P<result>\d+)")
+_STEP_REVERSED = re.compile(r"(?P<result>\d+)=(?P<left>\d+)(?P<op>[+-])(?P<right>\d+)")

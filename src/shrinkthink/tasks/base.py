@@ -125,10 +125,10 @@ class Task(ABC):
         """A digression that `classify_steps` cannot mistake for the next gold step: when gold
         steps repeat (`5+0=5` twice), a repeated step would otherwise count as necessary."""
         steps = problem.steps or []
-        upcoming = steps[step_index + 1].strip() if step_index + 1 < len(steps) else None
+        upcoming = self.step_forms(problem, step_index + 1) if step_index + 1 < len(steps) else set()
         for _ in range(20):
             line = self.digression(problem, step_index, rng)
-            if line.strip() and line.strip() != upcoming and ANSWER_PREFIX.strip() not in line:
+            if line.strip() and self.canonical_step(problem, line) not in upcoming and ANSWER_PREFIX.strip() not in line:
                 return line
         return "hmm"
 
@@ -143,23 +143,57 @@ class Task(ABC):
             return "check " + steps[rng.randrange(step_index + 1)]
         return rng.choice(["hmm", "let me see", "ok", "wait", "so far so good"])
 
+    def canonical_step(self, problem: Problem, line: str) -> str:
+        """A line's meaning, in one spelling: two lines that say the same step (`12+7=19`,
+        `7+12=19`, `19=12+7`) share it. Tasks with paraphrasable steps override this."""
+        return " ".join(line.split())
+
+    def step_forms(self, problem: Problem, index: int) -> set[str]:
+        """The canonical spellings that count as writing gold step `index` (a task may accept a
+        shortened form, like the running value alone)."""
+        return {self.canonical_step(problem, (problem.steps or [])[index])}
+
     def classify_steps(self, problem: Problem, completion: str) -> list[tuple[str, bool]]:
         """Each reasoning line of `completion` with whether it is necessary.
 
-        A line is necessary when it is the next gold step not yet written; every other line
-        (a repeat, a side computation, a re-check, filler) is a digression. Without gold steps,
-        every line counts as necessary.
+        A line is necessary when it says the next gold step not yet written (in any spelling the
+        task accepts); every other line (a repeat, a side computation, a re-check, filler) is a
+        digression. Without gold steps, every line counts as necessary.
         """
         lines = [line for line in reasoning_part(completion).split("\n") if line.strip()]
         if not problem.steps:
             return [(line, True) for line in lines]
-        gold = [s.strip() for s in problem.steps]
         out = []
         next_gold = 0
         for line in lines:
-            if next_gold < len(gold) and line.strip() == gold[next_gold]:
+            if next_gold < len(problem.steps) and self.canonical_step(problem, line) in self.step_forms(problem, next_gold):
                 out.append((line, True))
                 next_gold += 1
             else:
                 out.append((line, False))
         return out
+
+    # --- strict criteria and editors (built-in tasks) -------------------------------------
+    has_step_checker: ClassVar[bool] = False
+    has_paraphraser: ClassVar[bool] = False
+
+    def step_valid(self, problem: Problem, line: str) -> bool:
+        """Whether one reasoning line is a true, well-formed step of this problem ("solve it the
+        right way"). A true but unneeded side computation is valid; filler and false statements
+        are not. Tasks with `has_step_checker` implement it."""
+        raise NotImplementedError(f"task {self.name} has no step checker")
+
+    def check_steps(self, problem: Problem, completion: str) -> list[tuple[str, bool]]:
+        """Each reasoning line with whether it is a valid step."""
+        lines = [line for line in reasoning_part(completion).split("\n") if line.strip()]
+        return [(line, self.step_valid(problem, line)) for line in lines]
+
+    def paraphrase_step(self, problem: Problem, line: str, rng: random.Random) -> str:
+        """The same step in other words (the rule-based paraphraser of built-in tasks). Tasks with
+        `has_paraphraser` implement it; a line the task cannot read comes back unchanged."""
+        raise NotImplementedError(f"task {self.name} has no rule-based paraphraser")
+
+    def paraphrase(self, problem: Problem, reasoning: str, rng: random.Random) -> str:
+        """Every line of a reasoning text paraphrased."""
+        return "\n".join(self.paraphrase_step(problem, line, rng) if line.strip() else line
+                         for line in reasoning.split("\n"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 
 from shrinkthink.records import Problem
 from shrinkthink.tasks.base import Task
@@ -60,6 +61,28 @@ class MultiplyTask(Task):
     def is_correct(self, problem: Problem, answer: str) -> bool:
         return "".join(answer.split()) == problem.answer
 
+    # --- step checker, canonical steps, paraphraser -----------------------------------------
+    has_step_checker = True
+    has_paraphraser = True
+
+    def canonical_step(self, problem: Problem, line: str) -> str:
+        """Digits compact: iCoT's spaced `5 6 0 2 1` and our `56021` say the same."""
+        return "".join(line.split())
+
+    def step_valid(self, problem: Problem, line: str) -> bool:
+        """A gold step (spaced or not) or a true product of two digits (`3*5=15`)."""
+        text = self.canonical_step(problem, line)
+        if text in {self.canonical_step(problem, s) for s in problem.steps or []}:
+            return True
+        match = _PRODUCT.fullmatch(text)
+        return bool(match) and int(match[1]) * int(match[2]) == int(match[3])
+
+    def paraphrase_step(self, problem: Problem, line: str, rng: random.Random) -> str:
+        """Compact digits spaced out as iCoT writes them (`56021` -> `5 6 0 2 1`), and back."""
+        if " " in line.strip():
+            return "".join(line.split())
+        return " ".join(line.strip())
+
     def digression(self, problem: Problem, step_index: int, rng: random.Random) -> str:
         """A single-digit product of two digits from the question (true, and unneeded as a line),
         else a generic digression. Gold lines never contain `*`, so these never collide."""
@@ -86,3 +109,6 @@ def icot_steps(a: int, b: int) -> list[str]:
         total += a * digit * 10**j
         steps.append(f"+{partial}={rev(total)}")
     return steps
+
+
+_PRODUCT = re.compile(r"(\d)\*(\d)=(\d+)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections import defaultdict
 
 from shrinkthink.records import Problem
@@ -98,6 +99,46 @@ class ProsQATask(Task):
                 said = said[len(prefix) :]
                 break
         return said == normalise(problem.answer)
+
+    # --- step checker, canonical steps, paraphraser -----------------------------------------
+    has_step_checker = True
+    has_paraphraser = True
+
+    def canonical_step(self, problem: Problem, line: str) -> str:
+        """`Every dak is a wum.`, `Each dak is a wum.` and `A dak is always a wum.` read as the
+        first; `Tom is a dak.` and `We know Tom is a dak.` as `Tom is a dak.`."""
+        fact = parse_fact(line)
+        if fact is None:
+            return super().canonical_step(problem, line)
+        subject, concept, universal = fact
+        return f"Every {subject} is a {concept}." if universal else f"{subject} is a {concept}."
+
+    def step_valid(self, problem: Problem, line: str) -> bool:
+        """A rule stated in the question (`Every dak is a wum.`), or the person being a concept
+        the question's rules reach from their first one. Filler and made-up rules are not."""
+        fact = parse_fact(line)
+        if fact is None:
+            return False
+        subject, concept, universal = fact
+        edges = {tuple(edge) for edge in problem.metadata["edges"]}
+        if universal:
+            return (subject, concept) in edges
+        graph: Graph = defaultdict(set)
+        for u, v in edges:
+            graph[u].add(v)
+        person, root = problem.metadata["person"], problem.metadata["path"][0]
+        return subject == person and concept in reachable_set(graph, root)
+
+    def paraphrase_step(self, problem: Problem, line: str, rng: random.Random) -> str:
+        """`Every dak is a wum.` becomes `Each dak is a wum.` or `A dak is always a wum.`;
+        `Tom is a dak.` becomes `We know Tom is a dak.`."""
+        fact = parse_fact(line)
+        if fact is None:
+            return line
+        subject, concept, universal = fact
+        if not universal:
+            return f"We know {subject} is a {concept}."
+        return rng.choice([f"Each {subject} is a {concept}.", f"A {subject} is always a {concept}."])
 
     def digression(self, problem: Problem, step_index: int, rng: random.Random) -> str:
         """A fact from the prompt that is off the gold path, else a generic digression."""
@@ -184,3 +225,21 @@ def count_paths(graph: Graph, start: str, goal: str) -> int:
         return memo[u]
 
     return paths_from(start)
+
+
+def parse_fact(line: str) -> tuple[str, str, bool] | None:
+    """(subject, concept, universal) of a rule or a fact about the person, in any of the spellings
+    `ProsQATask.paraphrase_step` writes; None for anything else."""
+    text = " ".join(line.split())
+    for pattern, universal in _FACTS:
+        match = pattern.fullmatch(text)
+        if match:
+            return match["s"], match["c"], universal
+    return None
+
+
+_FACTS = [
+    (re.compile(r"(?:Every|Each) (?P<s>[a-z]+) is an? (?P<c>[a-z]+)\."), True),
+    (re.compile(r"An? (?P<s>[a-z]+) is always an? (?P<c>[a-z]+)\."), True),
+    (re.compile(r"(?:We know )?(?P<s>[A-Z][a-z]+) is an? (?P<c>[a-z]+)\."), False),
+]

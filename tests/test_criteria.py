@@ -1,0 +1,157 @@
+"""Criteria and their controllers: ramp and back-off on scripted accuracy sequences, every reward
+term on hand-computed values, the strict step checkers of the built-in tasks, and the Lean
+checker (with a fake `lean`, since Lean cannot be installed here)."""
+
+from __future__ import annotations
+
+import random
+import stat
+from pathlib import Path
+
+import pytest
+
+from shrinkthink.criteria import (
+    Batch,
+    Controller,
+    Format,
+    GroupLength,
+    LeanChecker,
+    LengthPenalty,
+    ShortestCorrect,
+    StepValidity,
+    TokenBudget,
+    apply_criteria,
+    format_ok,
+    overlong_penalty,
+    update_controllers,
+)
+from shrinkthink.errors import UserError
+from shrinkthink.records import Episode, Problem
+from shrinkthink.tasks import make_task
+
+
+def episode(correct: float, tokens: int, text: str = "Answer: 1", completion: int = 0) -> Episode:
+    problem = Problem(id="p", prompt="1+0=?", answer="1")
+    return Episode(problem=problem, prompt_ids=[1], completion_ids=[0] * completion, logprobs=[], text=text,
+                   finished=True, components={"correct": correct}, reasoning_tokens=tokens)
+
+
+# --- controllers ----------------------------------------------------------------------------
+def test_length_penalty_ramps_while_accuracy_holds_and_backs_off_when_it_dips() -> None:
+    penalty = LengthPenalty(start=0.01, factor=2.0, backoff=0.5, max_value=1.0, tolerance=0.01)
+    values = []
+    for accuracy in [0.90, 0.895, 0.91, 0.85, 0.90, 0.70]:  # reference 0.90, tolerance 1 point
+        update_controllers([penalty], accuracy, reference=0.90)
+        values.append(round(penalty.controller.value, 6))
+    assert values == [0.02, 0.04, 0.08, 0.04, 0.08, 0.04]
+    assert penalty.controller.rounds == 6 and penalty.controller.last == "back_off"
+
+
+def test_token_budget_shrinks_while_accuracy_holds_and_grows_back_when_it_dips() -> None:
+    budget = TokenBudget(start_tokens=100, factor=0.8, backoff=1.25, min_tokens=60, tolerance=0.0)
+    values = []
+    for accuracy in [0.5, 0.5, 0.4, 0.5, 0.5, 0.5]:
+        budget.controller.update(accuracy, 0.5)
+        values.append(round(budget.controller.value, 6))
+    assert values == [80.0, 64.0, 80.0, 64.0, 60.0, 60.0]  # floored at min_tokens
+
+
+def test_controller_state_round_trips() -> None:
+    a = Controller(1.0, 2.0, 0.5, 0.01)
+    a.update(1.0, 1.0)
+    b = Controller(1.0, 2.0, 0.5, 0.01)
+    b.load_state_dict(a.state_dict())
+    assert (b.value, b.rounds, b.last) == (2.0, 1, "tighten")
+
+
+# --- reward terms ----------------------------------------------------------------------------
+def test_rewards_compose_gates_multiply_and_penalties_add() -> None:
+    episodes = [episode(1.0, 10), episode(1.0, 30), episode(0.0, 5)]
+    task = make_task("arith")
+    penalty = LengthPenalty(0.2, 2.0, 0.5, 1.0, 0.01)
+    budget = TokenBudget(20, 0.8, 1.25, 0, 0.01)
+    apply_criteria([penalty, budget], Batch(episodes, [[0, 1, 2]], task, reference_tokens=20))
+    # correct * (tokens <= 20) - 0.2 * tokens / 20
+    assert [round(e.reward, 6) for e in episodes] == [0.9, -0.3, -0.05]
+    assert episodes[1].components == {"correct": 1.0, "length_penalty": pytest.approx(-0.3), "token_budget": 0.0}
+
+
+def test_group_length_reward_is_kimi_k15() -> None:
+    episodes = [episode(1.0, 10), episode(1.0, 20), episode(0.0, 30), episode(0.0, 15)]
+    values = GroupLength(weight=1.0)(Batch(episodes, [[0, 1, 2, 3]], make_task("arith"), 1.0))
+    # lam = 0.5 - (len - 10) / 20: 0.5, 0, -0.5, 0.25; wrong answers get min(0, lam)
+    assert values == pytest.approx([0.5, 0.0, -0.5, 0.0])
+
+
+def test_shortest_correct_targets_the_groups_shortest_correct_length() -> None:
+    episodes = [episode(1.0, 10), episode(1.0, 20), episode(0.0, 4)]
+    values = ShortestCorrect(weight=1.0)(Batch(episodes, [[0, 1, 2]], make_task("arith"), reference_tokens=10))
+    assert values == pytest.approx([0.0, -1.0, -0.6])
+
+
+def test_overlong_penalty_is_dapos_soft_punishment() -> None:
+    assert [overlong_penalty(n, 100, 20) for n in (50, 80, 90, 100, 120)] == [0.0, 0.0, -0.5, -1.0, -1.0]
+
+
+def test_format_wants_reasoning_then_one_answer_line() -> None:
+    assert format_ok("1+2=3\nAnswer: 3")
+    assert not format_ok("1+2=3")  # no answer line
+    assert not format_ok("Answer: 3\nAnswer: 3")
+    assert not format_ok("Answer: 3\nmore")
+    digits = Format(r"[0-9+=]+").pattern
+    assert format_ok("1+2=3\nAnswer: 3", digits) and not format_ok("hmm\nAnswer: 3", digits)
+
+
+# --- strict step checkers of the built-in tasks ---------------------------------------------
+@pytest.mark.parametrize("name", ["arith", "multiply", "prosqa"])
+def test_step_checker_accepts_gold_steps_and_rejects_a_corrupted_one(name: str) -> None:
+    task = make_task(name)
+    rng = random.Random(0)
+    for level in range(1, 4):
+        problem = task.generate(level, rng)
+        gold = "\n".join(problem.steps) + "\nAnswer: " + problem.answer
+        assert all(ok for _, ok in task.check_steps(problem, gold))
+        corrupted = problem.steps[-1][:-2] + ("0" if problem.steps[-1][-2] != "0" else "1") + problem.steps[-1][-1]
+        if name == "prosqa":
+            corrupted = problem.steps[-1].replace(problem.answer, problem.metadata["other"])
+        checked = task.check_steps(problem, "\n".join(problem.steps[:-1] + [corrupted]))
+        assert [ok for _, ok in checked] == [True] * (len(problem.steps) - 1) + [False], checked
+        assert not task.step_valid(problem, "let me see")  # filler is not a step
+
+
+def test_step_validity_gates_correctness() -> None:
+    task = make_task("arith")
+    problem = task.generate(2, random.Random(1))
+    clean = "\n".join(problem.steps) + "\nAnswer: " + problem.answer
+    filler = "hmm\n" + clean
+    episodes = [episode(1.0, 5, clean), episode(1.0, 6, filler)]
+    for e in episodes:
+        e.problem = problem
+    apply_criteria([StepValidity(task)], Batch(episodes, [[0, 1]], task, 1.0))
+    assert [e.reward for e in episodes] == [1.0, 0.0]
+
+
+def test_step_validity_needs_a_task_with_a_checker(tmp_path: Path) -> None:
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "2+2?", "answer": "4"}\n')
+    with pytest.raises(UserError, match="step_validity: task jsonl has no step checker"):
+        StepValidity(make_task("jsonl", {"path": str(data)}))
+
+
+# --- Lean --------------------------------------------------------------------------------------
+def test_lean_checker_says_when_no_toolchain_is_on_the_path(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="no Lean toolchain on the PATH"):
+        LeanChecker()
+
+
+def test_lean_checker_runs_lean_on_the_proof(monkeypatch, tmp_path: Path) -> None:
+    # a fake `lean`: fails (like Lean on a type error) when the file contains "wrong"
+    fake = tmp_path / "lean"
+    fake.write_text('#!/bin/sh\nif grep -q wrong "$1"; then echo "error: type mismatch"; exit 1; fi\nexit 0\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    checker = LeanChecker(header="import Mathlib")
+    assert checker.check("theorem t : 2 + 2 = 4 := by norm_num")
+    assert not checker.check("theorem t : 2 + 2 = 5 := by wrong")
+    assert not checker.check("theorem t : 2 + 2 = 4 := by sorry")

@@ -1,0 +1,107 @@
+"""The shrink stage end to end through the CLI on a tiny model: criteria and their controllers
+logged every step, editors fine-tuning on re-verified edits, the summary entry, changed
+parameters, and a crash mid-stage that resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shrinkthink.config import load_config
+from shrinkthink.pipeline import run_pipeline
+from test_pipeline import cli, crash_in, metric_lines, step_keys
+
+CONFIG = """\
+name: shrink-e2e
+seed: 0
+threads: 1
+model: {kind: tiny, depth: 2}
+task: {name: arith, options: {max_operand: 3}, eval_levels: [1, 2], eval_problems: 8}
+stages:
+  - {name: warm, kind: warmstart, steps: 40, levels: [1, 2], batch_size: 32, lr: 0.01, digression_rate: 0.3,
+     warmup_steps: 5, eval_every: 40, eval_problems: 8}
+  - name: tighten
+    kind: shrink
+    steps: 6
+    eval_every: 3
+    eval_problems: 8
+    checkpoint_every: 2
+    criteria: [{name: length_penalty}, {name: token_budget}, {name: step_validity}]
+    editors: [{name: ablation_critic}, {name: paraphrase}]
+    probe_problems: 4
+    learner: {group_size: 8, problems_per_step: 4}
+    sampling: {max_new_tokens: 32}
+"""
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "shrink.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(config_path: Path, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "shrink"
+    result = cli("run", str(config_path), "--run-dir", str(run_dir), "--no-progress", cwd=config_path.parent)
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_every_step_logs_each_reward_component_and_controller(finished_run: Path) -> None:
+    records = [r for r in metric_lines(finished_run) if r["stage"] == "tighten"]
+    reference = [r for r in records if r.get("event") == "reference"]
+    assert len(reference) == 1 and 0 <= reference[0]["accuracy"] <= 1
+    steps = [r for r in records if "event" not in r]
+    assert [r["step"] for r in steps] == list(range(1, 7))
+    for r in steps:
+        assert {"reward", "reward_correct", "reward_length_penalty", "reward_token_budget", "reward_step_validity",
+                "length_penalty_value", "token_budget_value", "mean_reasoning_tokens"} <= set(r), r
+        assert r["reward_length_penalty"] <= 0 and 0 <= r["reward_token_budget"] <= 1
+    evaluated = [r for r in steps if "accuracy" in r]
+    assert [r["step"] for r in evaluated] == [3, 6]
+    for r in evaluated:
+        assert r["controller_length_penalty"] in ("tighten", "back_off") and "eval_valid_step_share" in r
+        assert {"probe_own_accuracy", "probe_paraphrased_accuracy", "probe_gap"} <= set(r) or not r.get("accuracy")
+    # two controller rounds: lambda moved from its start
+    assert steps[-1]["length_penalty_rounds"] == 2 and steps[-1]["length_penalty_value"] != 0.01
+    assert any("edit_ablation_critic_forward_passes" in r for r in steps)
+
+
+def test_summary_entry_and_changed_parameters(finished_run: Path) -> None:
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["warm", "tighten"]
+    entry = summary["stages"][1]
+    assert {"accuracy", "mean_reasoning_tokens", "digression_share", "valid_step_share", "seconds", "steps",
+            "reference_accuracy", "reference_tokens", "controllers"} <= set(entry)
+    assert set(entry["controllers"]) == {"length_penalty", "token_budget"}
+    warm = load_file(finished_run / "checkpoints" / "warm" / "model.safetensors")
+    tightened = load_file(finished_run / "checkpoints" / "tighten" / "model.safetensors")
+    assert any(not torch.equal(warm[k], tightened[k]) for k in warm)
+
+
+def test_crash_mid_shrink_resumes_to_the_same_weights(finished_run: Path, config_path: Path, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    config = load_config(config_path, ["stages.1.restore_best=false"])
+    whole = tmp_path / "whole"
+    run_pipeline(config, run_dir=str(whole), progress=False)
+    crashed = tmp_path / "crashed"
+    crash_in("tighten", 5, monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(config, run_dir=str(crashed), progress=False)
+    monkeypatch.undo()
+    state = json.loads((crashed / "checkpoints" / "latest" / "state.json").read_text())
+    assert (state["stage_index"], state["stage_step"]) == (1, 4)
+    assert state["stage_state"]["criteria"]["length_penalty"]["rounds"] == 1  # controller state saved
+    run_pipeline(config, run_dir=str(crashed), resume=True, progress=False)
+    assert not [k for k, n in Counter(step_keys(crashed)).items() if n > 1]
+    assert step_keys(crashed) == step_keys(whole)
+    resumed = load_file(crashed / "checkpoints" / "tighten" / "model.safetensors")
+    reference = load_file(whole / "checkpoints" / "tighten" / "model.safetensors")
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
