@@ -44,22 +44,29 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ("level", "curriculum level"),
         ("loss", "supervised loss"),
         ("zero_variance_share", "groups with zero reward variance"),
+        ("mean_reasoning_tokens", "reasoning tokens (train batch)"),
+        ("*_value", "controllers (penalty weight, token budget)"),
     ]
-    figure, axes = plt.subplots(2, 3, figsize=(15, 8))
+    figure, axes = plt.subplots(2, 4, figsize=(20, 8))
     offset = 0
     for name, rows in stages.items():
-        steps = [offset + r["step"] for r in rows]
+        steps = [offset + r["step"] for r in rows if "event" not in r]
+        rows = [r for r in rows if "event" not in r]
         for axis, (key, title) in zip(axes.flat, panels):
-            points = [(s, r[key]) for s, r in zip(steps, rows) if r.get(key) is not None]
-            if points:
-                axis.plot(*zip(*points), marker="." if key in ("accuracy", "eval_reasoning_tokens") else None, label=name)
+            keys = sorted({k for r in rows for k in r if k.endswith("_value")}) if key == "*_value" else [key]
+            for k in keys:
+                points = [(s, r[k]) for s, r in zip(steps, rows) if isinstance(r.get(k), (int, float))]
+                if points:
+                    label = name if key != "*_value" else f"{name}: {k.removesuffix('_value')}"
+                    axis.plot(*zip(*points), marker="." if key in ("accuracy", "eval_reasoning_tokens") else None,
+                              label=label)
             axis.set_title(title)
             axis.set_xlabel("step (all stages)")
         offset = steps[-1] if steps else offset
         for axis in axes.flat:
             axis.axvline(offset, color="grey", linewidth=0.5)
     for axis in axes.flat:
-        if axis.lines:
+        if any(not line.get_label().startswith("_") for line in axis.lines):
             axis.legend(fontsize=8)
     figure.suptitle(f"shrinkthink run: {run_dir.name}")
     figure.tight_layout()
@@ -88,7 +95,3 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             written.append(path)
     return written
 
-
-if __name__ == "__main__":
-    for written in plot_run(sys.argv[1]):
-        print(written)

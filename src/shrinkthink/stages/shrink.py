@@ -80,6 +80,11 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
                 mean_reasoning_tokens=start_eval.mean_reasoning_tokens,
                 digression_share=start_eval.digression_share)
     reference = state["reference"]
+    if stage.restore_best and "best" not in state:
+        # the stage-start policy is the first candidate: a shrink that never holds accuracy ends
+        # where it began rather than worse
+        ctx.run.save_policy(f".{ctx.stage_name}-best", policy)
+        state["best"] = {"step": 0, "accuracy": reference["accuracy"], "tokens": reference["tokens"]}
     criteria = build_criteria(stage.criteria, task, stage.tolerance, reference["tokens"])
     editors = build_editors(stage.editors, task, policy.device, field=f"stages.{ctx.stage_index}.editors")
     paraphraser = next((e for e in editors if isinstance(e, Paraphraser)), None)
