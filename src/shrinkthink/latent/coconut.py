@@ -35,15 +35,25 @@ class LatentTokens:
     thought: int
 
 
-def add_latent_tokens(model, tokenizer) -> LatentTokens:
-    """Add `<bot>`, `<eot>`, `<thought>` to the tokenizer and grow the embeddings to match (new rows
-    start at the mean embedding). Idempotent: a checkpoint that has them keeps them."""
+def add_latent_tokens(model, tokenizer, init_from: str | None = None) -> LatentTokens:
+    """Add `<bot>`, `<eot>`, `<thought>` to the tokenizer and grow the embeddings to match.
+    Idempotent: a checkpoint that has them keeps them. New rows start as the embedding of the
+    first token of `init_from` (the mean embedding when None): on the quickstart's 1M-parameter
+    model, markers at the mean embedding raise the loss on its own transcripts from 0.003 to 0.84,
+    markers that start as a space to 0.08."""
     vocab = tokenizer.get_vocab()
     missing = [t for t in (BOT, EOT, THOUGHT) if t not in vocab]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
+        tokens = latent_tokens(tokenizer)
+        source = tokenizer(init_from, add_special_tokens=False).input_ids[:1] if init_from else []
+        if source:
+            with torch.no_grad():
+                weight = model.get_input_embeddings().weight
+                for new in (tokens.bot, tokens.eot, tokens.thought):
+                    weight[new] = weight[source[0]]
     return latent_tokens(tokenizer)
 
 

@@ -86,7 +86,7 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
     longest = max(sum(len(s) for s in row) for row in step_ids)
 
     if stage.method == "coconut":
-        tokens = coconut.add_latent_tokens(policy.model, tok)
+        tokens = coconut.add_latent_tokens(policy.model, tok, stage.marker_init or None)
         wrapper = coconut.ContinuousThoughts(policy.model, tokens.thought)
         last_phase = stage.max_latent_stage + 1
 
