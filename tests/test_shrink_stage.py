@@ -34,6 +34,8 @@ stages:
     criteria: [{name: length_penalty}, {name: token_budget}, {name: step_validity}]
     editors: [{name: ablation_critic}, {name: paraphrase}]
     probe_problems: 4
+    reladder: true
+    promote_at: 0.0
     learner: {group_size: 8, problems_per_step: 4}
     sampling: {max_new_tokens: 32}
 """
@@ -69,6 +71,9 @@ def test_every_step_logs_each_reward_component_and_controller(finished_run: Path
     for r in evaluated:
         assert r["controller_length_penalty"] in ("tighten", "back_off") and "eval_valid_step_share" in r
         assert {"probe_own_accuracy", "probe_paraphrased_accuracy", "probe_gap"} <= set(r) or not r.get("accuracy")
+    # the re-ladder starts at the lowest level and climbs once held-out accuracy there passes
+    # promote_at (0 here: at the first evaluation)
+    assert [r["level"] for r in steps] == [1, 1, 1, 2, 2, 2] and evaluated[0]["promoted_to"] == 2
     # two controller rounds: lambda moved from its start
     assert steps[-1]["length_penalty_rounds"] == 2 and steps[-1]["length_penalty_value"] != 0.01
     assert any("edit_ablation_critic_forward_passes" in r for r in steps)
