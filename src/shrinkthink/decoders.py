@@ -78,6 +78,8 @@ class LlamaDecoder:
         self.values = torch.zeros_like(self.keys)
         self.key_mask = torch.zeros((batch, max_len), dtype=torch.bool, device=parameter.device)
         self.length = 0
+        # Reduced precision keeps SDPA, which accumulates its softmax in float32.
+        self.manual_attention = parameter.device.type == "cpu" and parameter.dtype == torch.float32
 
     def _forward(self, ids, positions) -> torch.Tensor:
         batch, width = ids.shape
@@ -86,7 +88,9 @@ class LlamaDecoder:
         cos, sin = self.core.rotary_emb(hidden, positions)
         cos, sin = cos[:, None], sin[:, None]
         if width == 1:
-            allowed = self.key_mask[:, None, None, :end]
+            # one additive mask for every layer; SDPA would convert a boolean one in each call
+            bias = torch.zeros(self.key_mask[:, :end].shape, dtype=hidden.dtype, device=ids.device)
+            bias = bias.masked_fill(~self.key_mask[:, :end], float("-inf"))[:, None, None, :]  # [B, 1, 1, end]
         else:
             causal = torch.ones((width, end), dtype=torch.bool, device=ids.device).tril(diagonal=start)
             allowed = self.key_mask[:, None, None, :end] & causal
@@ -105,10 +109,15 @@ class LlamaDecoder:
             q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
             self.keys[index, :, :, start:end] = k
             self.values[index, :, :, start:end] = v
-            out = F.scaled_dot_product_attention(
-                q, self.keys[index, :, :, :end], self.values[index, :, :, :end],
-                attn_mask=allowed, scale=self.scaling, enable_gqa=self.heads != self.kv_heads,
-            )
+            keys, values = self.keys[index, :, :, :end], self.values[index, :, :, :end]
+            if width == 1 and self.manual_attention:
+                out = self._one_query_attention(q, keys, values, bias)
+            elif width == 1:
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scaling,
+                                                     enable_gqa=self.heads != self.kv_heads)
+            else:
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, scale=self.scaling,
+                                                     enable_gqa=self.heads != self.kv_heads)
             hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(batch, width, -1))
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.post_attention_layernorm.weight, eps_mlp)
             gate, up = F.linear(x, *self.gate_up[index]).chunk(2, dim=-1)
@@ -116,6 +125,16 @@ class LlamaDecoder:
         self.length = end
         last = F.rms_norm(hidden[:, -1], (hidden.shape[-1],), self.core.norm.weight, self.core.norm.variance_epsilon)
         return self.model.lm_head(last).float()
+
+    def _one_query_attention(self, q, keys, values, bias) -> torch.Tensor:
+        """Attention of one new token per row as two batched matmuls, the query heads that share
+        a key/value head stacked: on the dev CPU 0.26 ms a layer at batch 32 against 0.46 ms for
+        SDPA, whose CPU kernel is built for long queries."""
+        batch = q.shape[0]
+        grouped = q.reshape(batch, self.kv_heads, -1, self.head_dim)  # [B, kv_heads, group, D]
+        scores = torch.matmul(grouped, keys.transpose(-1, -2)) * self.scaling + bias  # [B, kv_heads, group, L]
+        out = torch.matmul(scores.softmax(-1), values)  # [B, kv_heads, group, D]
+        return out.reshape(batch, self.heads, 1, self.head_dim)
 
     def prefill(self, ids, mask, positions) -> torch.Tensor:
         self.key_mask[:, : ids.shape[1]] = mask.bool()

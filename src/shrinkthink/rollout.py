@@ -48,6 +48,19 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     return ids.to(device), mask.to(device)
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from `probs` [B, V] (rows need not sum to 1) by inverting the CDF: one
+    uniform number a row and a binary search. `torch.multinomial` draws an exponential variate for
+    every vocabulary entry instead: 29 ms a step at batch 32 over SmolLM2's 49k tokens on the dev
+    CPU, against under 1 ms for the cumulative sum."""
+    cdf = probs.cumsum(-1)  # [B, V]
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=probs.dtype) * total
+    # strictly below the total, so a token of zero probability (cdf flat there) is never chosen
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -71,10 +84,13 @@ def sample(
     decoder = HFDecoder(model) if generic else make_decoder(model, n, ids.shape[1] + max_new_tokens)
     logits = decoder.prefill(ids, mask, positions)
     next_position = positions[:, -1] + 1
+    # Every check of "all done?" or "time to compact?" copies a flag to the host, which on a GPU
+    # waits for the queued kernels; there it happens every few tokens, on a CPU every token.
+    check_every = 1 if device.type == "cpu" else 8
 
     rows = torch.arange(n, device=device)  # original index of each active row
     done = torch.zeros(n, dtype=torch.bool, device=device)
-    eos = torch.tensor(sorted(eos_ids), device=device)
+    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
     tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logps = torch.zeros((n, max_new_tokens), device=device)
     lengths = torch.zeros(n, dtype=torch.long, device=device)
@@ -83,27 +99,33 @@ def sample(
 
     for t in range(max_new_tokens):
         logp_all = torch.log_softmax(logits / temperature, dim=-1)  # [active, V]
+        p_all = logp_all.exp()
         if greedy:
             token = logits.argmax(-1)
+        elif top_p < 1.0:
+            token = draw(top_p_filter(logits / temperature, top_p).softmax(-1), generator)
         else:
-            probs = top_p_filter(logits / temperature, top_p).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            token = draw(p_all, generator)
+        # Written without boolean indexing (a host sync per token on a GPU): rows already done
+        # write the values their slots already hold.
         live = ~done
-        entropy_sum += -(logp_all.exp() * logp_all).sum(-1)[live].sum()
-        live_rows = rows[live]
-        tokens[live_rows, t] = token[live]
-        logps[live_rows, t] = logp_all.gather(-1, token[:, None]).squeeze(-1)[live]
-        lengths[live_rows] += 1
+        entropy_sum += (-(p_all * logp_all).sum(-1) * live).sum()
+        tokens[rows, t] = token.masked_fill(done, pad_id)
+        logps[rows, t] = logp_all.gather(-1, token[:, None]).squeeze(-1).masked_fill(done, 0.0)
+        lengths[rows] += live.long()
         hit_eos = torch.isin(token, eos) & live
-        finished[rows[hit_eos]] = True
+        finished[rows] |= hit_eos
         done |= hit_eos
-        if bool(done.all()) or t == max_new_tokens - 1:
+        if t == max_new_tokens - 1:
             break
-        if done.float().mean() >= COMPACT_IDLE_SHARE:
-            keep = (~done).nonzero().squeeze(-1)
-            decoder.select(keep)
-            rows, next_position, done = rows[keep], next_position[keep], done[keep]
-            token = token[keep]
+        if t % check_every == check_every - 1:
+            if bool(done.all()):
+                break
+            if done.float().mean() >= COMPACT_IDLE_SHARE:
+                keep = (~done).nonzero().squeeze(-1)
+                decoder.select(keep)
+                rows, next_position, done = rows[keep], next_position[keep], done[keep]
+                token = token[keep]
         token = token.masked_fill(done, pad_id)
         logits = decoder.step(token, ~done, next_position)
         next_position = next_position + 1

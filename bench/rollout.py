@@ -1,0 +1,113 @@
+"""Tokens per second of our rollout engine beside `model.generate`, same model, prompts, lengths
+and sampling settings, in one run.
+
+    flock /tmp/shrinkthink-cpu.lock python bench/rollout.py                 # SmolLM2-135M, batch 32 and 64
+    python bench/rollout.py --batches 8 --new-tokens 32 --threads 1       # a quick look
+
+Both sides sample (temperature 1, no top-p/top-k) exactly `--new-tokens` tokens per row: end of
+sequence is switched off on both (`generate` through `min_new_tokens`, ours by passing no eos id),
+so both do the same work and a tokens/s figure counts every row's tokens. A separate line with
+end-of-sequence on reports ours with finished rows dropped. Prompts are reasoning-gym chain_sum
+questions through the chat template, left-padded. Each figure is the best of `--repeats` runs
+after one untimed warm-up run per side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from shrinkthink.config import ModelConfig  # noqa: E402
+from shrinkthink.policy import Policy, pick_device  # noqa: E402
+from shrinkthink.rollout import left_pad, sample  # noqa: E402
+from shrinkthink.tasks import make_task  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2", help="'smollm2', a .gguf file or a local HF folder")
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per side; the best is kept")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--skip-generate", action="store_true", help="time only our engine")
+    return parser.parse_args()
+
+
+def timed(fn, new_tokens: int, repeats: int) -> float:
+    """Best seconds of `repeats` calls of fn(new_tokens), after a short untimed warm-up call."""
+    fn(8)  # allocator, lazy init, first-call kernels
+    best = float("inf")
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        fn(new_tokens)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    hf_logging.disable_progress_bar()
+
+    device = pick_device(args.device)
+    policy = Policy.from_config(ModelConfig(kind="pretrained", path=args.model), device)
+    model = policy.model.eval()
+    parameters = sum(p.numel() for p in model.parameters())
+    task = make_task("gym:chain_sum", {})
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch "
+          f"{torch.__version__} with {torch.get_num_threads()} threads; python {platform.python_version()}; "
+          f"device {device}, {next(model.parameters()).dtype}")
+    print(f"model: {args.model}, {parameters / 1e6:.1f}M params; {args.new_tokens} new tokens a row, "
+          f"temperature 1, best of {args.repeats}")
+    print()
+    print(f"{'batch':>5s} {'prompt':>6s} {'ours tok/s':>11s} {'generate tok/s':>15s} {'ratio':>6s} "
+          f"{'ours, eos on':>13s}")
+    for batch in args.batches:
+        problems = task.problems(1, batch, "train", seed=batch)
+        prompts = [policy.prompt_ids(p.prompt) for p in problems]
+        ids, mask = left_pad(prompts, policy.pad_id, device)
+        tokens = batch * args.new_tokens
+
+        def ours(new_tokens, eos_ids=frozenset()):
+            return sample(model, prompts, eos_ids=set(eos_ids), pad_id=policy.pad_id,
+                          max_new_tokens=new_tokens, temperature=1.0)
+
+        def theirs(new_tokens):
+            with torch.no_grad():
+                return model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
+                                      top_p=1.0, top_k=0, max_new_tokens=new_tokens,
+                                      min_new_tokens=new_tokens, pad_token_id=policy.pad_id)
+
+        our_rate = tokens / timed(ours, args.new_tokens, args.repeats)
+        began = time.perf_counter()
+        eos_rate = ours(args.new_tokens, policy.eos_ids).tokens / (time.perf_counter() - began)
+        if args.skip_generate:
+            print(f"{batch:5d} {ids.shape[1]:6d} {our_rate:11.1f} {'-':>15s} {'-':>6s} {eos_rate:13.1f}")
+            continue
+        their_rate = tokens / timed(theirs, args.new_tokens, args.repeats)
+        print(f"{batch:5d} {ids.shape[1]:6d} {our_rate:11.1f} {their_rate:15.1f} {our_rate / their_rate:5.2f}x "
+              f"{eos_rate:13.1f}")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
