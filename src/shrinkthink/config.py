@@ -22,11 +22,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LoraConfig(Strict):
+    """Low-rank adapters (Hu et al. 2021, LoRA) through `peft`: the base weights stay frozen and
+    only the adapters train. Checkpoints hold the base weights and the adapter in `adapter/`."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: float = Field(32.0, gt=0, description="the update is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="names of the linear layers that get adapters (Llama-family names by default)")
+
+
 class ModelConfig(Strict):
     kind: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: built from scratch with a character tokenizer; pretrained: a local folder, a .gguf file or 'smollm2'")
     depth: int = Field(4, ge=1, le=32, description="tiny only: the one size dial (layers; width 32*depth)")
     path: str | None = Field(None, description="pretrained only: local folder, .gguf file, or 'smollm2'")
-    dtype: Literal["float32", "bfloat16", "auto"] = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
+    dtype: Literal["float32", "bfloat16", "auto"] = Field("auto", description="auto: bfloat16 on CUDA when the base weights are frozen (lora), float32 otherwise (Adam's small steps vanish in bfloat16 weights)")
+    lora: LoraConfig | None = Field(None, description="train low-rank adapters instead of every weight (needs peft)")
 
     @model_validator(mode="after")
     def _path_for_pretrained(self):

@@ -47,6 +47,7 @@ class LlamaDecoder:
 
     @staticmethod
     def supports(model) -> bool:
+        model = _unwrapped(model)
         config = getattr(model, "config", None)
         return (
             config is not None
@@ -56,6 +57,7 @@ class LlamaDecoder:
         )
 
     def __init__(self, model, batch: int, max_len: int) -> None:
+        model = _unwrapped(model)
         self.model = model
         self.core = model.model
         config = model.config
@@ -150,8 +152,26 @@ class LlamaDecoder:
         self.key_mask = self.key_mask[keep]
 
 
-def _fuse(*linears: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    weight = torch.cat([l.weight for l in linears])
+def _unwrapped(model):
+    """The Hugging Face model inside a peft wrapper (its LoRA layers stay in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _weight(linear: torch.nn.Module) -> torch.Tensor:
+    """The weight a linear layer applies: a peft LoRA layer's base weight plus its active,
+    unmerged adapters' low-rank updates."""
+    base = getattr(linear, "base_layer", None)
+    if base is None or getattr(linear, "merged", False) or getattr(linear, "disable_adapters", False):
+        return linear.weight
+    weight = base.weight
+    for name in linear.active_adapters:
+        if name in linear.lora_A:
+            weight = weight + linear.get_delta_weight(name).to(weight.dtype)
+    return weight
+
+
+def _fuse(*linears: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weight = torch.cat([_weight(l) for l in linears])
     biases = [l.bias for l in linears]
     return weight, (torch.cat(biases) if all(b is not None for b in biases) else None)
 

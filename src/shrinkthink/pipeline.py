@@ -84,7 +84,7 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
     latest = run.latest() if resume else None
     if latest:
         checkpoint, state = latest
-        policy = Policy.load(checkpoint, device)
+        policy = Policy.load(checkpoint, device, config=config.model)
         summary = run.read_summary() or summary
         first_stage = state["stage_index"]
         if state.get("stage_step"):

@@ -15,6 +15,34 @@ from shrinkthink.model import load_pretrained, tiny_policy
 from shrinkthink.rollout import Samples, sample
 
 LATENT_FILE = "latent.json"
+ADAPTER_DIR = "adapter"  # a LoRA checkpoint's adapter, beside the base weights
+
+
+def model_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
+    if config.dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
+    # bfloat16 only where the weights that train are not bfloat16: a frozen LoRA base (peft keeps
+    # the adapters in float32). Adam's steps of lr ~1e-6 vanish in bfloat16 weights.
+    return torch.bfloat16 if device.type == "cuda" and config.lora is not None else torch.float32
+
+
+def with_lora(model, lora, seed: int = 0):
+    """`model` wrapped with trainable LoRA adapters (peft), everything else frozen."""
+    try:
+        from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    except ImportError:
+        from shrinkthink.errors import UserError
+
+        raise UserError("model.lora: needs peft (pip install peft, or the 'lora' extra)") from None
+    torch.manual_seed(seed)  # the adapters' A matrices are random
+    settings = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, settings)
+    except ValueError as error:  # e.g. no module matches target_modules
+        from shrinkthink.errors import UserError
+
+        raise UserError(f"model.lora.target_modules: {str(error).splitlines()[0]}") from None
 
 
 def pick_device(name: str) -> torch.device:
@@ -47,16 +75,23 @@ class Policy:
     def from_config(cls, config: ModelConfig, device: torch.device, seed: int = 0) -> "Policy":
         if config.kind == "tiny":
             model, tokenizer = tiny_policy(config.depth, seed=seed)
-            return cls(model, tokenizer, device)
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
-            config.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
-        )
-        model, tokenizer = load_pretrained(config.path, dtype=dtype)
+        else:
+            model, tokenizer = load_pretrained(config.path, dtype=model_dtype(config, device))
+        if config.lora is not None:
+            model = with_lora(model, config.lora, seed)
         return cls(model, tokenizer, device)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "Policy":
-        model, tokenizer = load_pretrained(str(path))
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu",
+             config: ModelConfig | None = None) -> "Policy":
+        """A saved policy; `config` (the run's model config) only chooses the dtype. A checkpoint
+        with an `adapter/` folder gets its LoRA adapter back, trainable."""
+        dtype = model_dtype(config, torch.device(device)) if config is not None else torch.float32
+        model, tokenizer = load_pretrained(str(path), dtype=dtype)
+        if (Path(path) / ADAPTER_DIR / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(Path(path) / ADAPTER_DIR), is_trainable=True)
         policy = cls(model, tokenizer, device)
         latent_file = Path(path) / LATENT_FILE
         if latent_file.is_file():
@@ -122,7 +157,15 @@ class Policy:
     def save(self, path: str | os.PathLike) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         hf_logging.disable_progress_bar()  # one bar per checkpoint would drown the stage's own
-        self.model.save_pretrained(path, safe_serialization=True)
+        if hasattr(self.model, "peft_config"):
+            # LoRA: the frozen base as a plain Hugging Face folder, the adapter beside it (exact
+            # on resume; merging would make the base and the optimizer's adapter state disagree)
+            base = self.model.get_base_model()
+            weights = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
+            base.save_pretrained(path, state_dict=weights, safe_serialization=True)
+            self.model.save_pretrained(Path(path) / ADAPTER_DIR, safe_serialization=True)
+        else:
+            self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
         if self.latent:
             (Path(path) / LATENT_FILE).write_text(json.dumps(self.latent))
