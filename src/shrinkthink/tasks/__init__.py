@@ -50,13 +50,17 @@ def make_task(name: str, options: dict[str, Any] | None = None) -> Task:
         if "dataset" in options:
             raise UserError("task.options: 'dataset' comes from the name, as gym:<dataset>")
         return _build(GymTask, name, {"dataset": name[len(_GYM_PREFIX) :], **options})
+    if name == "gym-mix":
+        from shrinkthink.tasks.gym import GymMixTask
+
+        return _build(GymMixTask, name, options)
     if name in TASKS:
         return _build(TASKS[name], name, options)
     if ":" in name and "." in name.split(":")[0]:
         return _build(_import_task(name), name, options)
     known = ", ".join(sorted(TASKS))
     raise UserError(
-        f"task.name: unknown task '{name}' (known: {known}, {_GYM_PREFIX}<dataset>; "
+        f"task.name: unknown task '{name}' (known: {known}, gym-mix, {_GYM_PREFIX}<dataset>; "
         "see `shrinkthink tasks`)"
     )
 
@@ -66,6 +70,7 @@ def list_tasks() -> list[tuple[str, str]]:
     from shrinkthink.tasks.gym import gym_datasets
 
     builtins = [(name, cls.description) for name, cls in TASKS.items()]
+    builtins.append(("gym-mix", "a weighted mix of reasoning-gym datasets; level L raises each one's own config"))
     return builtins + [(_GYM_PREFIX + name, doc) for name, doc in gym_datasets().items()]
 
 

@@ -183,3 +183,72 @@ def _level_overrides(levels: dict[Any, dict[str, Any]]) -> dict[int, dict[str, A
 
 def _first_line(doc: str | None) -> str:
     return (doc or "").strip().split("\n")[0].strip()
+
+
+class GymMixTask(Task):
+    """Several reasoning-gym datasets as one task: level L is each dataset at its own level L
+    (capped at its top level), so one curriculum raises every dataset's difficulty through its own
+    config. Problems are drawn by weight; each is scored by the dataset it came from.
+
+        task: {name: gym-mix, options: {datasets: {chain_sum: {weight: 2, levels: {2: {max_terms: 3}}},
+                                                   leg_counting: {}}}}
+    """
+
+    name = "gym-mix"
+    description = "a weighted mix of reasoning-gym datasets; level L raises each one's own config"
+
+    def __init__(self, datasets: dict[str, dict[str, Any]], heldout_fraction: float = 0.2) -> None:
+        super().__init__(heldout_fraction)
+        if not isinstance(datasets, dict) or not datasets:
+            raise UserError("task.options.datasets: expected a mapping of reasoning-gym dataset names to "
+                            "{weight, config, levels}")
+        self.members: dict[str, GymTask] = {}
+        self.weights: dict[str, float] = {}
+        for dataset, spec in datasets.items():
+            spec = dict(spec or {})
+            weight = spec.pop("weight", 1.0)
+            unknown = sorted(set(spec) - {"config", "levels"})
+            if unknown:
+                raise UserError(f"task.options.datasets.{dataset}: unknown field '{unknown[0]}' "
+                                "(accepted: weight, config, levels)")
+            if not isinstance(weight, (int, float)) or weight <= 0:
+                raise UserError(f"task.options.datasets.{dataset}.weight: must be a positive number")
+            self.members[dataset] = GymTask(dataset, spec.get("config"), spec.get("levels"), heldout_fraction)
+            self.weights[dataset] = float(weight)
+        self.max_level = max(member.max_level for member in self.members.values())
+
+    def _member_level(self, dataset: str, level: int) -> int:
+        return min(level, self.members[dataset].max_level)
+
+    def _tagged(self, dataset: str, problem: Problem) -> Problem:
+        return dataclasses.replace(problem, metadata={**problem.metadata, "dataset": dataset})
+
+    def generate(self, level: int, rng: random.Random) -> Problem:
+        dataset = rng.choices(list(self.weights), weights=list(self.weights.values()))[0]
+        member = self.members[dataset]
+        return self._tagged(dataset, member.generate(self._member_level(dataset, level), rng))
+
+    def problems(self, level: int, n: int, split: Split, seed: int = 0) -> list[Problem]:
+        """`n` problems, each dataset's share in proportion to its weight (largest remainder),
+        interleaved so that any prefix is mixed too."""
+        self.check_level(level)
+        total = sum(self.weights.values())
+        exact = {d: n * w / total for d, w in self.weights.items()}
+        counts = {d: int(x) for d, x in exact.items()}
+        for d in sorted(exact, key=lambda d: counts[d] - exact[d])[: n - sum(counts.values())]:
+            counts[d] += 1
+        parts = {d: [self._tagged(d, p) for p in self.members[d].problems(self._member_level(d, level), c, split, seed)]
+                 for d, c in counts.items() if c}
+        out: list[Problem] = []
+        for i in range(max((len(p) for p in parts.values()), default=0)):
+            out += [p[i] for p in parts.values() if i < len(p)]
+        return out
+
+    def _member(self, problem: Problem) -> GymTask:
+        return self.members[problem.metadata["dataset"]]
+
+    def score(self, problem: Problem, completion: str) -> float:
+        return self._member(problem).score(problem, completion)
+
+    def is_correct(self, problem: Problem, answer: str) -> bool:
+        return self._member(problem).is_correct(problem, answer)
