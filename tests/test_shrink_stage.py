@@ -23,7 +23,7 @@ threads: 1
 model: {kind: tiny, depth: 2}
 task: {name: arith, options: {max_operand: 3}, eval_levels: [1, 2], eval_problems: 8}
 stages:
-  - {name: warm, kind: warmstart, steps: 40, levels: [1, 2], batch_size: 32, lr: 0.01, digression_rate: 0.3,
+  - {name: warm, kind: warmstart, steps: 80, levels: [1, 2], batch_size: 32, lr: 0.01, digression_rate: 0.3,
      warmup_steps: 5, eval_every: 40, eval_problems: 8}
   - name: tighten
     kind: shrink
@@ -32,9 +32,10 @@ stages:
     eval_problems: 8
     checkpoint_every: 2
     criteria: [{name: length_penalty}, {name: token_budget}, {name: step_validity}]
-    editors: [{name: ablation_critic}, {name: paraphrase}]
+    editors: [{name: ablation_critic}, {name: llm_critic}, {name: paraphrase}]
     probe_problems: 4
     reladder: true
+    restore_best: false
     promote_at: 0.0
     learner: {group_size: 8, problems_per_step: 4}
     sampling: {max_new_tokens: 32}
@@ -76,7 +77,7 @@ def test_every_step_logs_each_reward_component_and_controller(finished_run: Path
     assert [r["level"] for r in steps] == [1, 1, 1, 2, 2, 2] and evaluated[0]["promoted_to"] == 2
     # two controller rounds: lambda moved from its start
     assert steps[-1]["length_penalty_rounds"] == 2 and steps[-1]["length_penalty_value"] != 0.01
-    assert any("edit_ablation_critic_forward_passes" in r for r in steps)
+    assert any("edit_ablation_critic_forward_passes" in r and "edit_llm_critic_forward_passes" in r for r in steps)
 
 
 def test_summary_entry_and_changed_parameters(finished_run: Path) -> None:
@@ -93,7 +94,7 @@ def test_summary_entry_and_changed_parameters(finished_run: Path) -> None:
 
 def test_crash_mid_shrink_resumes_to_the_same_weights(finished_run: Path, config_path: Path, tmp_path: Path,
                                                       monkeypatch) -> None:
-    config = load_config(config_path, ["stages.1.restore_best=false"])
+    config = load_config(config_path)
     whole = tmp_path / "whole"
     run_pipeline(config, run_dir=str(whole), progress=False)
     crashed = tmp_path / "crashed"
