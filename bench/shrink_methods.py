@@ -1,0 +1,130 @@
+"""Each way of tightening, from one explore checkpoint, for the same budget of steps: one table of
+held-out accuracy, mean reasoning tokens, digression share, share of all-valid transcripts and
+wall time.
+
+    python bench/shrink_methods.py --base runs/quickstart-...   # a finished quickstart run
+    python bench/shrink_methods.py                                # runs warm start + explore first
+
+Methods (all from the explore checkpoint, except the ablation):
+- ramped_penalty: RL with `correct - lambda * tokens / reference`, lambda doubled each round while
+  accuracy holds (the method);
+- penalty_from_start: the ablation the method warns against: explore again from the warm-start
+  checkpoint with the same penalty (the ramp's final lambda) on from its first step, for the
+  explore budget plus this budget;
+- shrinking_budget: RL with a token budget that shrinks by 0.8 each round while accuracy holds;
+- critic_finetune: no RL; fine-tune on winners pruned by the ablation critic;
+- paraphrase_finetune: no RL; fine-tune on winners rewritten by the task's paraphraser;
+- group_length: RL with Kimi k1.5's group-relative length reward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from shrinkthink.config import RunConfig, load_config  # noqa: E402
+from shrinkthink.pipeline import run_pipeline  # noqa: E402
+
+METHODS = ["ramped_penalty", "penalty_from_start", "shrinking_budget", "critic_finetune", "paraphrase_finetune",
+           "group_length"]
+
+
+def shrink_stage(base: dict, method: str, steps: int) -> dict:
+    """The quickstart's shrink stage with only `method`'s way of tightening switched on."""
+    stage = {k: v for k, v in base.items() if k not in ("criteria", "editors", "rl")}
+    # every method ends where its budget leaves it (no restore-best), so the table compares the
+    # methods themselves
+    stage.update(name=method, steps=steps, criteria=[], editors=[], rl=True, restore_best=False)
+    if method == "ramped_penalty":
+        stage["criteria"] = [next(c for c in base["criteria"] if c["name"] == "length_penalty")]
+    elif method == "shrinking_budget":
+        stage["criteria"] = [{"name": "token_budget", "factor": 0.8}]
+    elif method == "critic_finetune":
+        stage.update(rl=False, editors=[{"name": "ablation_critic"}])
+    elif method == "paraphrase_finetune":
+        stage.update(rl=False, editors=[{"name": "paraphrase"}])
+    elif method == "group_length":
+        stage["criteria"] = [{"name": "group_length", "weight": 0.5}]
+    return stage
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="the run config whose shrink stage is varied (default: quickstart)")
+    parser.add_argument("--base", default=None, help="a finished run of the config's warmstart and explore stages")
+    parser.add_argument("--steps", type=int, default=100, help="step budget of every method")
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--out", default="bench/out/shrink_methods")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    data = config.model_dump(mode="json")
+    stages = {s["kind"]: s for s in data["stages"]}
+    out = Path(args.out)
+    base = Path(args.base) if args.base else out / "base"
+    if not (base / "checkpoints" / "explore").is_dir():
+        base_config = RunConfig.model_validate({**data, "stages": [stages["warmstart"], stages["explore"]],
+                                                "threads": args.threads})
+        print(f"training the base run (warm start + explore) in {base}", flush=True)
+        run_pipeline(base_config, run_dir=str(base), progress=False)
+    warm_checkpoint = base / "checkpoints" / stages["warmstart"]["name"]
+    explore_checkpoint = base / "checkpoints" / stages["explore"]["name"]
+    explored = json.loads((base / "summary.json").read_text())["stages"][-1]
+
+    rows = []
+    lambda_after_ramp = None
+    for method in args.methods:
+        run_dir = out / method
+        if method == "penalty_from_start":
+            # the same penalty, from the first explore step: the ramp's final lambda, held fixed
+            lam = lambda_after_ramp or stages["shrink"]["criteria"][0].get("start", 0.01)
+            explore = dict(stages["explore"], name=method, steps=stages["explore"]["steps"] + args.steps,
+                           criteria=[{"name": "length_penalty", "start": lam, "factor": 1.0}])
+            model, stage = str(warm_checkpoint), explore
+        else:
+            model, stage = str(explore_checkpoint), shrink_stage(stages["shrink"], method, args.steps)
+        run_config = RunConfig.model_validate({
+            **data, "name": method, "threads": args.threads,
+            "model": {"kind": "pretrained", "path": model}, "stages": [stage],
+        })
+        began = time.time()
+        summary = run_pipeline(run_config, run_dir=str(run_dir), resume=(run_dir / "checkpoints").exists(),
+                               progress=False)
+        entry = summary["stages"][-1]
+        if method == "ramped_penalty":
+            lambda_after_ramp = entry["controllers"]["length_penalty"]["value"]
+        rows.append({"method": method, "accuracy": entry["accuracy"], "mean_reasoning_tokens": entry["mean_reasoning_tokens"],
+                     "digression_share": entry["digression_share"], "valid_step_share": entry.get("valid_step_share"),
+                     "seconds": time.time() - began, "steps": entry["steps"],
+                     "by_level": entry["accuracy_by_level"]})
+        print(json.dumps(rows[-1]), flush=True)
+
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
+    print(f"base: {base} (explore: accuracy {explored['accuracy']:.3f}, reasoning tokens "
+          f"{explored['mean_reasoning_tokens']:.1f}, digression {explored['digression_share']:.3f}, "
+          f"valid {explored.get('valid_step_share')})")
+    header = f"{'method':<20} {'accuracy':>8} {'reason tok':>10} {'tok vs explore':>14} {'digression':>10} {'all valid':>9} {'seconds':>8}"
+    print(header + "\n" + "-" * len(header))
+    for r in rows:
+        valid = "-" if r["valid_step_share"] is None else f"{r['valid_step_share']:.2f}"
+        print(f"{r['method']:<20} {r['accuracy']:>8.3f} {r['mean_reasoning_tokens']:>10.1f} "
+              f"{r['mean_reasoning_tokens'] / explored['mean_reasoning_tokens']:>14.2f} "
+              f"{r['digression_share']:>10.3f} {valid:>9} {r['seconds']:>8.0f}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"explore": explored, "rows": rows}, indent=2))
+    print(yaml.safe_dump({"steps": args.steps}).strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
