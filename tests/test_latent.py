@@ -29,9 +29,10 @@ def tiny():
     return model, tokenizer, tokens
 
 
-def recompute_logits(model, ids: torch.Tensor, attention: torch.Tensor, thought_id: int) -> torch.Tensor:
+def recompute_logits(model, ids: torch.Tensor, attention: torch.Tensor, thought_id: int,
+                     thought_norm: float | None = None) -> torch.Tensor:
     """The definition, no cache: fill each thought from a full forward pass over everything
-    before it, then run the whole sequence once more."""
+    before it (rescaled to `thought_norm` when given), then run the whole sequence once more."""
     embeds = model.get_input_embeddings()(ids).clone()
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     for col in range(ids.shape[1]):
@@ -39,12 +40,16 @@ def recompute_logits(model, ids: torch.Tensor, attention: torch.Tensor, thought_
         if rows.any():
             out = model(inputs_embeds=embeds[:, :col], attention_mask=attention[:, :col],
                         position_ids=positions[:, :col], output_hidden_states=True)
-            embeds[rows, col] = out.hidden_states[-1][rows, -1]
+            hidden = out.hidden_states[-1][rows, -1]
+            if thought_norm is not None:
+                hidden = hidden / hidden.norm(dim=-1, keepdim=True) * thought_norm
+            embeds[rows, col] = hidden
     return model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions).logits
 
 
 # --- COCONUT --------------------------------------------------------------------------------------
-def test_feedback_with_cache_equals_full_recompute(tiny):
+@pytest.mark.parametrize("thought_norm", [None, 0.7])
+def test_feedback_with_cache_equals_full_recompute(tiny, thought_norm):
     model, tokenizer, tokens = tiny
     # rows with 3, 1 and 0 thoughts, different prompt lengths, aligned on <bot> as in training
     rows = [[5, 6, 7, tokens.bot] + [tokens.thought] * 3 + [tokens.eot, 20, 21],
@@ -52,13 +57,23 @@ def test_feedback_with_cache_equals_full_recompute(tiny):
             [14, tokens.bot, tokens.eot, 40, 41]]
     anchors = [r.index(tokens.bot) for r in rows]
     ids, attention, _ = coconut.pad_aligned(rows, [[True] * len(r) for r in rows], anchors, tokenizer.pad_token_id)
-    wrapper = coconut.ContinuousThoughts(model, tokens.thought)
+    wrapper = coconut.ContinuousThoughts(model, tokens.thought, thought_norm=thought_norm)
     with torch.no_grad():
         cached = wrapper(ids, attention_mask=attention).logits
-        full = recompute_logits(model, ids, attention, tokens.thought)
+        full = recompute_logits(model, ids, attention, tokens.thought, thought_norm)
     real = attention.bool()
     assert cached.shape == full.shape
     torch.testing.assert_close(cached[real], full[real], atol=1e-5, rtol=1e-4)
+
+
+def test_thought_norm_comes_from_the_model_config(tiny):
+    """A checkpoint trained with `thought_scale: embedding` answers with the same rescaling."""
+    model, _tokenizer, tokens = tiny
+    assert coconut.ContinuousThoughts(model, tokens.thought).thought_norm is None
+    setattr(model.config, coconut.THOUGHT_NORM_KEY, coconut.mean_embedding_norm(model))
+    norm = coconut.ContinuousThoughts(model, tokens.thought).thought_norm
+    assert norm == pytest.approx(float(model.get_input_embeddings().weight.norm(dim=-1).mean()))
+    setattr(model.config, coconut.THOUGHT_NORM_KEY, None)
 
 
 def test_n_thoughts_take_n_plus_one_passes(tiny):
@@ -194,7 +209,7 @@ stages:
 {extra}
 """
 METHODS = {
-    "coconut": "    steps_per_stage: 2\n    max_latent_stage: 1\n    earlier_stage_share: 0.3",
+    "coconut": "    steps_per_stage: 2\n    max_latent_stage: 1\n    earlier_stage_share: 0.3\n    thought_scale: embedding",
     "icot": "    remove_every_steps: 2\n    remove_tokens: 4\n    drop_all_after: 6",
 }
 

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import DynamicCache
 
 BOT, EOT, THOUGHT = "<bot>", "<eot>", "<thought>"
+THOUGHT_NORM_KEY = "coconut_thought_norm"  # in the model's config, saved with its weights
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,20 @@ class ContinuousThoughts(nn.Module):
     """Wraps any Hugging Face causal LM. `forward` takes the LM's own arguments; wherever
     `input_ids` holds `<thought>`, the input embedding is the last hidden state of the position
     before. Works with a KV cache handed in (generation) or its own (training, gradients flow
-    through the cache into earlier passes)."""
+    through the cache into earlier passes).
 
-    def __init__(self, model, thought_id: int) -> None:
+    `thought_norm` (default: the model config's `coconut_thought_norm`, so a saved checkpoint
+    answers as it was trained): when set, each fed-back state is rescaled to that L2 norm. The
+    paper feeds the state as it is; on a small model with tied embeddings the final-norm output is
+    ~18x longer than an input embedding (quickstart model: 14.3 against 0.81) and swamps the
+    residual stream at the thought's position."""
+
+    def __init__(self, model, thought_id: int, thought_norm: float | None = None) -> None:
         super().__init__()
         self.model = model
         self.thought_id = thought_id
+        self.thought_norm = thought_norm if thought_norm is not None else getattr(
+            model.config, THOUGHT_NORM_KEY, None)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
                 use_cache: bool = True, **_):
@@ -150,7 +159,14 @@ class ContinuousThoughts(nn.Module):
                              output_hidden_states=True)
             logits.append(out.logits)
             last_hidden = out.hidden_states[-1][:, -1].to(tokens.dtype)  # [B, H], post final norm
+            if self.thought_norm:
+                last_hidden = last_hidden * (self.thought_norm / last_hidden.norm(dim=-1, keepdim=True).clamp(min=1e-6))
         return SimpleNamespace(logits=torch.cat(logits, dim=1), past_key_values=cache)
+
+
+def mean_embedding_norm(model) -> float:
+    """Mean L2 norm of the input embedding rows: the length `thought_scale: embedding` gives a thought."""
+    return float(model.get_input_embeddings().weight.detach().norm(dim=-1).mean())
 
 
 def coconut_loss(wrapper: ContinuousThoughts, ids, attention, loss_mask) -> torch.Tensor:

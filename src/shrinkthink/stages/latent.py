@@ -87,6 +87,10 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
 
     if stage.method == "coconut":
         tokens = coconut.add_latent_tokens(policy.model, tok, stage.marker_init or None)
+        if stage.thought_scale == "embedding" and ctx.resume_state is None:
+            setattr(policy.model.config, coconut.THOUGHT_NORM_KEY, coconut.mean_embedding_norm(policy.model))
+        elif stage.thought_scale == "hidden":
+            setattr(policy.model.config, coconut.THOUGHT_NORM_KEY, None)
         wrapper = coconut.ContinuousThoughts(policy.model, tokens.thought)
         last_phase = stage.max_latent_stage + 1
 
