@@ -6,8 +6,10 @@ and sampling settings, in one run.
 
 Both sides sample (temperature 1, no top-p/top-k) exactly `--new-tokens` tokens per row: end of
 sequence is switched off on both (`generate` through `min_new_tokens`, ours by passing no eos id),
-so both do the same work and a tokens/s figure counts every row's tokens. A separate line with
-end-of-sequence on reports ours with finished rows dropped. Prompts are reasoning-gym chain_sum
+so both do the same work and a tokens/s figure counts every row's tokens. The last column has
+end-of-sequence on: ours with finished rows dropped, tokens actually sampled per second (rows end
+at different lengths, so this depends on what the model says). `--group G` repeats each prompt G
+times as GRPO does; our engine then runs each distinct prompt's prefill once. Prompts are reasoning-gym chain_sum
 questions through the chat template, left-padded. Each figure is the best of `--repeats` runs
 after one untimed warm-up run per side.
 """
@@ -42,6 +44,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per side; the best is kept")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="both sides")
+    parser.add_argument("--group", type=int, default=1,
+                        help="G: batch/G distinct prompts, each repeated G times (GRPO-shaped; 1: all distinct)")
     parser.add_argument("--skip-generate", action="store_true", help="time only our engine")
     return parser.parse_args()
 
@@ -68,7 +73,7 @@ def main() -> int:
     hf_logging.disable_progress_bar()
 
     device = pick_device(args.device)
-    policy = Policy.from_config(ModelConfig(kind="pretrained", path=args.model), device)
+    policy = Policy.from_config(ModelConfig(kind="pretrained", path=args.model, dtype=args.dtype), device)
     model = policy.model.eval()
     parameters = sum(p.numel() for p in model.parameters())
     task = make_task("gym:chain_sum", {})
@@ -76,13 +81,14 @@ def main() -> int:
           f"{torch.__version__} with {torch.get_num_threads()} threads; python {platform.python_version()}; "
           f"device {device}, {next(model.parameters()).dtype}")
     print(f"model: {args.model}, {parameters / 1e6:.1f}M params; {args.new_tokens} new tokens a row, "
-          f"temperature 1, best of {args.repeats}")
+          f"temperature 1, best of {args.repeats}; "
+          + ("distinct prompts" if args.group == 1 else f"groups: each prompt {args.group} times"))
     print()
     print(f"{'batch':>5s} {'prompt':>6s} {'ours tok/s':>11s} {'generate tok/s':>15s} {'ratio':>6s} "
           f"{'ours, eos on':>13s}")
     for batch in args.batches:
-        problems = task.problems(1, batch, "train", seed=batch)
-        prompts = [policy.prompt_ids(p.prompt) for p in problems]
+        problems = task.problems(1, max(1, batch // args.group), "train", seed=batch)
+        prompts = [policy.prompt_ids(p.prompt) for p in problems for _ in range(args.group)][:batch]
         ids, mask = left_pad(prompts, policy.pad_id, device)
         tokens = batch * args.new_tokens
 

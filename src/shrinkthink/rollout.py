@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from shrinkthink.decoders import HFDecoder, make_decoder
+from shrinkthink.decoders import HFDecoder, LlamaDecoder
 
 # Dropping finished rows copies the KV cache; do it only once this share of the batch is idle.
 COMPACT_IDLE_SHARE = 0.25
@@ -79,10 +79,20 @@ def sample(
     model's own `forward` instead of the lean Llama-family decoder."""
     device = next(model.parameters()).device
     n = len(prompts)
-    ids, mask = left_pad(prompts, pad_id, device)
+    lean = not generic and LlamaDecoder.supports(model)
+    # A group repeats its prompt G times: the lean decoder runs each distinct prompt once and
+    # copies its cache rows (the generic path keeps one row per prompt: wrappers may hold state).
+    slot: dict[tuple[int, ...], int] = {}
+    source = [slot.setdefault(tuple(p), len(slot)) for p in prompts] if lean else list(range(n))
+    distinct = [list(p) for p in slot] if lean else prompts
+    ids, mask = left_pad(distinct, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    decoder = HFDecoder(model) if generic else make_decoder(model, n, ids.shape[1] + max_new_tokens)
+    decoder = LlamaDecoder(model, len(distinct), ids.shape[1] + max_new_tokens) if lean else HFDecoder(model)
     logits = decoder.prefill(ids, mask, positions)
+    if len(distinct) < n:
+        expand = torch.tensor(source, device=device)
+        decoder.select(expand)
+        logits, positions = logits[expand], positions[expand]
     next_position = positions[:, -1] + 1
     # Every check of "all done?" or "time to compact?" copies a flag to the host, which on a GPU
     # waits for the queued kernels; there it happens every few tokens, on a CPU every token.
