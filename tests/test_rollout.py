@@ -168,3 +168,14 @@ def test_lean_llama_decoder_matches_the_models_own_forward():
         assert lean.completion_ids == generic_run.completion_ids
         for a, b in zip(lean.logprobs, generic_run.logprobs):
             assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+
+
+def test_draw_follows_the_probabilities_and_never_picks_a_zero() -> None:
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 2.0], [1.0, 1.0, 0.0, 0.0]])  # unnormalised ok
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([rollout.draw(probs, generator) for _ in range(4000)])  # [4000, 3]
+    first = torch.bincount(draws[:, 0], minlength=4).float() / 4000
+    assert torch.allclose(first, torch.tensor([0.1, 0.0, 0.6, 0.3]), atol=0.03)
+    assert first[1] == 0 and (draws[:, 1] == 3).all() and set(draws[:, 2].tolist()) == {0, 1}
+    again = torch.Generator().manual_seed(0)
+    assert torch.equal(rollout.draw(probs, again), draws[0])  # reproducible from the generator
