@@ -17,6 +17,7 @@ from shrinkthink.learners.losses import clipped_policy_loss
 from shrinkthink.model import tiny_policy
 from shrinkthink.policy import Policy
 from shrinkthink.records import Episode, Problem
+from shrinkthink.rollout import sample
 from shrinkthink.tasks.base import Task
 
 TARGET = "7"
@@ -99,7 +100,8 @@ def episodes_of_different_lengths(policy: Policy, n: int = 8) -> tuple[list[Epis
     texts = ["1+2=?", "12+7+30=?", "3=?", "99+1+2+3+4=?"]
     prompts = [policy.prompt_ids(texts[i % len(texts)]) for i in range(n)]
     torch.manual_seed(0)
-    samples = policy.sample(prompts, max_new_tokens=12)
+    # no end-of-sequence: every completion has 12 tokens to cut, whatever the random stream
+    samples = sample(policy.model, prompts, eos_ids=set(), pad_id=policy.pad_id, max_new_tokens=12)
     generator = torch.Generator().manual_seed(1)
     episodes = []
     for i, (prompt, ids, logprobs) in enumerate(zip(prompts, samples.completion_ids, samples.logprobs)):
