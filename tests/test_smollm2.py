@@ -90,13 +90,16 @@ RECIPE = Path(__file__).resolve().parents[1] / "configs" / "smollm2-gym.yaml"
 SMOKE = ["threads=1", "task.eval_problems=4", "task.eval_levels=[1]",
          "stages.0.steps=2", "stages.0.eval_every=100", "stages.0.eval_problems=4", "stages.0.checkpoint_every=100",
          "stages.0.learner.group_size=2", "stages.0.learner.problems_per_step=2", "stages.0.learner.warmup_steps=0",
-         "stages.0.learner.lr=1e-4", "stages.0.sampling.max_new_tokens=12", "stages.0.gate.accuracy=null"]
+         "stages.0.learner.lr=1e-4", "stages.0.sampling.max_new_tokens=12", "stages.0.gate.accuracy=null",
+         "stages.1.steps=1", "stages.1.levels=[1]", "stages.1.eval_every=100", "stages.1.eval_problems=2",
+         "stages.1.learner.group_size=2", "stages.1.learner.problems_per_step=2", "stages.1.learner.warmup_steps=0",
+         "stages.1.sampling.max_new_tokens=12", "stages.1.editors.0.max_checks=2"]
 
 
 def test_recipe_smoke_run_through_the_cli(tmp_path) -> None:
     config = load_config(RECIPE, SMOKE)
     assert config.model.path == "smollm2" and config.task.name == "gym-mix"
-    assert config.stages[0].kind == "explore"
+    assert [s.kind for s in config.stages] == ["explore", "shrink"]
     run_dir = tmp_path / "smoke"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "shrinkthink", "run", str(RECIPE), *SMOKE, "--run-dir", str(run_dir),
@@ -107,6 +110,8 @@ def test_recipe_smoke_run_through_the_cli(tmp_path) -> None:
     assert [r["step"] for r in explore] == [1, 2]
     assert all(0 <= r["reward"] <= 1 and r["tokens_per_s"] > 0 for r in explore)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert [s["name"] for s in summary["stages"]] == ["explore"]
+    assert [s["name"] for s in summary["stages"]] == ["explore", "shrink"]
+    shrink = [r for r in steps if r["stage"] == "shrink" and "reward_length_penalty" in r]
+    assert len(shrink) == 1 and "token_budget_value" in shrink[0]
     assert 0 <= summary["stages"][0]["accuracy"] <= 1
     assert (run_dir / "checkpoints" / "explore" / "model.safetensors").is_file()
