@@ -7,7 +7,6 @@ against step, the reward, and the level the curriculum stands at.
 from __future__ import annotations
 
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
