@@ -87,6 +87,7 @@ class Policy:
         """A saved policy; `config` (the run's model config) only chooses the dtype. A checkpoint
         with an `adapter/` folder gets its LoRA adapter back, trainable."""
         dtype = model_dtype(config, torch.device(device)) if config is not None else torch.float32
+        hf_logging.disable_progress_bar()  # a bar per loaded checkpoint is noise in `eval` and `sample`
         model, tokenizer = load_pretrained(str(path), dtype=dtype)
         if (Path(path) / ADAPTER_DIR / "adapter_config.json").is_file():
             from peft import PeftModel
