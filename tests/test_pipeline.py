@@ -215,3 +215,20 @@ def test_a_fresh_run_in_a_dir_that_crashed_before_any_checkpoint_starts_a_clean_
     monkeypatch.setattr(StageContext, "log", log)
     run_pipeline(config, run_dir=str(tmp_path), progress=False)
     assert step_keys(tmp_path) == [("warm", 1), ("warm", 2), ("warm", 3), ("warm", 4), ("climb", 1)]
+
+
+def test_a_resumed_stage_keeps_its_kl_reference(config_path: Path, tmp_path: Path, monkeypatch) -> None:
+    """With a KL term the reference is the stage-start policy, also after a crash mid-stage: the
+    resumed run ends on the same weights as one that never stopped."""
+    config = load_config(config_path, ["stages.0.steps=10", "stages.0.eval_every=10", "stages.1.learner.kl_coef=0.5"])
+    run_pipeline(config, run_dir=str(tmp_path / "whole"), progress=False)
+    crash_in("climb", 3, monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(config, run_dir=str(tmp_path / "crashed"), progress=False)
+    monkeypatch.undo()
+    run_pipeline(config, run_dir=str(tmp_path / "crashed"), resume=True, progress=False)
+    resumed = load_file(tmp_path / "crashed" / "checkpoints" / "climb" / "model.safetensors")
+    reference = load_file(tmp_path / "whole" / "checkpoints" / "climb" / "model.safetensors")
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    kl = [r["learner_kl"] for r in metric_lines(tmp_path / "crashed") if r["stage"] == "climb" and "learner_kl" in r]
+    assert kl and all(v >= 0 for v in kl)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from shrinkthink.config import RunConfig
@@ -49,6 +51,28 @@ class StageContext:
     def evaluate(self, levels: list[int], n: int, max_new_tokens: int, seed: int = 1) -> Evaluation:
         return evaluate(self.policy, self.task, levels, n, max_new_tokens=max_new_tokens, seed=seed)
 
+    def anchor_reference(self, learner) -> None:
+        """KL's frozen reference is the stage-start policy. It is written beside the checkpoints
+        when the stage starts, so that a resumed stage anchors to it rather than to the
+        mid-stage policy it resumes from."""
+        if learner.reference is None or hasattr(self.policy.model, "peft_config"):
+            return  # (a LoRA reference is the frozen base with the stage-start adapter: not kept)
+        folder = self.run.checkpoints / f".{self.stage_name}-reference"
+        if self.resume_state is None:
+            self.run.save_policy(folder.name, self.policy)
+        elif (folder / "model.safetensors").is_file():
+            load_weights(learner.reference, folder)
+
     def bar(self, total: int, initial: int) -> tqdm:
         return tqdm(total=total, initial=initial, desc=self.stage_name, disable=not self.progress,
                     dynamic_ncols=True, leave=True)
+
+
+def load_weights(model, folder: Path) -> None:
+    """Weights saved by `Policy.save` into `model` (same architecture), in place."""
+    state = load_file(str(folder / "model.safetensors"), device=str(next(model.parameters()).device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # save_pretrained drops a tied output matrix; anything else missing would be a real loss
+    tied = set(getattr(model, "_tied_weights_keys", None) or []) | {"lm_head.weight"}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"{folder}: weights do not fit the model (missing {missing}, unexpected {unexpected})")

@@ -62,6 +62,7 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
     policy, task, seed = ctx.policy, ctx.task, ctx.config.seed
     size = stage.learner.group_size
     learner = Learner(policy, stage.learner, stage.sampling.temperature)
+    ctx.anchor_reference(learner)
     pools = {lv: task.problems(lv, POOL_PER_LEVEL, "train", seed=seed) for lv in range(task.min_level, stage.max_level + 1)}
     level, start = stage.start_level, 0
     reference_tokens = None  # criteria only: the first batch's mean reasoning tokens

@@ -23,10 +23,8 @@ from __future__ import annotations
 import random
 import time
 import zlib
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from shrinkthink.config import ShrinkStage
 from shrinkthink.criteria import (
@@ -41,7 +39,7 @@ from shrinkthink.editors import build_editors
 from shrinkthink.editors.paraphrase import Paraphraser, steganography_probe
 from shrinkthink.learners import Learner, make_optimizer, supervised_step
 from shrinkthink.records import Episode, Problem
-from shrinkthink.stages import StageContext, StageResult
+from shrinkthink.stages import StageContext, StageResult, load_weights
 from shrinkthink.stages.explore import POOL_PER_LEVEL, draw_problems, rollout
 
 
@@ -56,15 +54,6 @@ def winners(episodes: list[Episode], groups: list[list[int]], criteria) -> list[
         if passed:
             out.append(min(passed, key=lambda e: e.reasoning_tokens))
     return out
-
-
-def load_weights(policy, folder: Path) -> None:
-    state = load_file(str(folder / "model.safetensors"), device=str(policy.device))
-    missing, unexpected = policy.model.load_state_dict(state, strict=False)
-    # save_pretrained drops a tied output matrix; anything else missing would be a real loss
-    tied = set(getattr(policy.model, "_tied_weights_keys", None) or []) | {"lm_head.weight"}
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"{folder}: weights do not fit the policy (missing {missing}, unexpected {unexpected})")
 
 
 def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
@@ -89,6 +78,8 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
     editors = build_editors(stage.editors, task, policy.device, field=f"stages.{ctx.stage_index}.editors")
     paraphraser = next((e for e in editors if isinstance(e, Paraphraser)), None)
     learner = Learner(policy, stage.learner, stage.sampling.temperature) if stage.rl else None
+    if learner is not None:
+        ctx.anchor_reference(learner)
     finetune = make_optimizer(policy, stage.finetune_lr) if editors else None
     pools = {lv: task.problems(lv, POOL_PER_LEVEL, "train", seed=seed) for lv in levels}
     level = state.get("level", min(levels) if stage.reladder else None)
@@ -163,7 +154,7 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
     bar.close()
     restored = False
     if stage.restore_best and best is not None and best["step"] != step + 1:
-        load_weights(policy, ctx.run.checkpoints / f".{ctx.stage_name}-best")
+        load_weights(policy.model, ctx.run.checkpoints / f".{ctx.stage_name}-best")
         restored = True
     extra = {"reference_accuracy": reference["accuracy"], "reference_tokens": reference["tokens"],
              "controllers": criteria_state(criteria), "best": best, "restored_best": restored}
