@@ -1,4 +1,4 @@
-"""Stages of the curriculum. Each owns an explicit loop (warmstart.py, explore.py) and talks to the
+"""Stages of the curriculum. Each owns an explicit loop (warmstart.py, explore.py, shrink.py, latent.py)
 run through a `StageContext`: log a step, save a resumable checkpoint, evaluate."""
 
 from __future__ import annotations
