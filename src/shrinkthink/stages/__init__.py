@@ -1,5 +1,6 @@
-"""Stages of the curriculum. Each owns an explicit loop (warmstart.py, explore.py, shrink.py, latent.py)
-run through a `StageContext`: log a step, save a resumable checkpoint, evaluate."""
+"""Stages of the curriculum. Each owns an explicit loop (warmstart.py, explore.py, shrink.py,
+latent.py) and talks to the run through a `StageContext`: log a step, save a resumable checkpoint,
+evaluate."""
 
 from __future__ import annotations
 
