@@ -58,6 +58,23 @@ def rollout(ctx: StageContext, stage: ExploreStage, problems: list[Problem]) -> 
     return episodes, {"entropy_sum": samples.entropy_sum, "tokens": samples.tokens}
 
 
+def batch_record(episodes: list[Episode], criteria, info: dict, sample_seconds: float) -> dict:
+    """What every RL step logs of its batch: each reward component's mean, lengths, entropy,
+    sampling speed."""
+    n = len(episodes)
+    return {
+        "reward": sum(e.reward for e in episodes) / n,
+        "reward_correct": sum(e.components["correct"] for e in episodes) / n,
+        **{f"reward_{c.name}": sum(e.components[c.name] for e in episodes) / n for c in criteria},
+        "mean_reasoning_tokens": sum(e.reasoning_tokens for e in episodes) / n,
+        "mean_completion_tokens": sum(len(e.completion_ids) for e in episodes) / n,
+        "finished_share": sum(e.finished for e in episodes) / n,
+        "entropy": info["entropy_sum"] / max(1, info["tokens"]),
+        "sample_seconds": sample_seconds,
+        "tokens_per_s": info["tokens"] / max(sample_seconds, 1e-9),
+    }
+
+
 def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
     policy, task, seed = ctx.policy, ctx.task, ctx.config.seed
     size = stage.learner.group_size
@@ -109,20 +126,12 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
         seconds = time.time() - began
         record = {
             "level": level,
-            "reward": sum(e.reward for e in used) / len(used),
-            "reward_correct": sum(e.components["correct"] for e in used) / len(used),
-            **{f"reward_{c.name}": sum(e.components[c.name] for e in used) / len(used) for c in criteria},
+            **batch_record(used, criteria, info, sample_seconds),
             "train_accuracy_level": sum(e.components["correct"] for e in used if e.problem.level == level)
             / max(1, sum(e.problem.level == level for e in used)),
-            "mean_reasoning_tokens": sum(e.reasoning_tokens for e in used) / len(used),
-            "mean_completion_tokens": sum(len(e.completion_ids) for e in used) / len(used),
-            "finished_share": sum(e.finished for e in used) / len(used),
-            "entropy": info["entropy_sum"] / max(1, info["tokens"]),
             "zero_variance_share": zero_variance,
             "resample_rounds": rounds,
             "seconds": seconds,
-            "sample_seconds": sample_seconds,
-            "tokens_per_s": info["tokens"] / max(sample_seconds, 1e-9),
             **{f"learner_{k}": v for k, v in stats.items()},
         }
         done = step + 1

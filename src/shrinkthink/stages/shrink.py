@@ -40,7 +40,7 @@ from shrinkthink.editors.paraphrase import Paraphraser, steganography_probe
 from shrinkthink.learners import Learner, make_optimizer, supervised_step
 from shrinkthink.records import Episode, Problem
 from shrinkthink.stages import StageContext, StageResult, load_weights
-from shrinkthink.stages.explore import POOL_PER_LEVEL, draw_problems, rollout
+from shrinkthink.stages.explore import POOL_PER_LEVEL, batch_record, draw_problems, rollout
 
 
 def winners(episodes: list[Episode], groups: list[list[int]], criteria) -> list[Episode]:
@@ -107,7 +107,9 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
         groups = [list(range(i * size, (i + 1) * size)) for i in range(len(problems))]
         apply_criteria(criteria, Batch(episodes, groups, task, reference["tokens"]))
         sample_seconds = time.time() - began
-        record = step_record(episodes, criteria, info, sample_seconds, level)
+        record = batch_record(episodes, criteria, info, sample_seconds)
+        if level is not None:
+            record["level"] = level
         if learner is not None:
             record |= {f"learner_{k}": v for k, v in learner.update(episodes, groups).items()}
         done = step + 1
@@ -119,7 +121,7 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
             record |= {"accuracy": accuracy, "eval_reasoning_tokens": evaluation.mean_reasoning_tokens,
                        "eval_digression_share": evaluation.digression_share,
                        **{f"accuracy_level_{k}": v for k, v in evaluation.accuracy_by_level.items()}}
-            if getattr(evaluation, "valid_step_share", None) is not None:
+            if evaluation.valid_step_share is not None:
                 record["eval_valid_step_share"] = evaluation.valid_step_share
             record |= {f"controller_{k}": v for k, v in update_controllers(criteria, accuracy, reference["accuracy"]).items()}
             if stage.reladder and level is not None and level < max(levels) \
@@ -171,25 +173,6 @@ def draw(pools: dict[int, list[Problem]], levels: list[int], level: int | None, 
         below = {lv: pool for lv, pool in pools.items() if lv <= level}
         return draw_problems(below, level, n, stage.replay, rng)
     return [rng.choice(pools[rng.choice(levels)]) for _ in range(n)]
-
-
-def step_record(episodes: list[Episode], criteria, info: dict, sample_seconds: float, level: int | None) -> dict:
-    """Every reward component's mean, the controllers' values, and the usual step measures."""
-    n = len(episodes)
-    record = {
-        "reward": sum(e.reward for e in episodes) / n,
-        "reward_correct": sum(e.components.get("correct", 0.0) for e in episodes) / n,
-        **{f"reward_{c.name}": sum(e.components[c.name] for e in episodes) / n for c in criteria},
-        "mean_reasoning_tokens": sum(e.reasoning_tokens for e in episodes) / n,
-        "mean_completion_tokens": sum(len(e.completion_ids) for e in episodes) / n,
-        "finished_share": sum(e.finished for e in episodes) / n,
-        "entropy": info["entropy_sum"] / max(1, info["tokens"]),
-        "sample_seconds": sample_seconds,
-        "tokens_per_s": info["tokens"] / max(sample_seconds, 1e-9),
-    }
-    if level is not None:
-        record["level"] = level
-    return record
 
 
 def edit_and_finetune(ctx: StageContext, stage: ShrinkStage, editors, optimizer, chosen: list[Episode]) -> dict:
