@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from shrinkthink.decoders import HFDecoder, LlamaDecoder
 
 # Dropping finished rows copies the KV cache; do it only once this share of the batch is idle.
@@ -104,41 +105,61 @@ def sample(
     tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logps = torch.zeros((n, max_new_tokens), device=device)
     lengths = torch.zeros(n, dtype=torch.long, device=device)
-    finished = torch.zeros(n, dtype=torch.bool, device=device)
     entropy_sum = torch.zeros((), device=device)
+    # What each token step produced, for the rows active in this segment (the steps since the
+    # batch was last compacted); written into the outputs once per segment, not once per token.
+    segment_start, segment = 0, {"token": [], "logp": [], "entropy": [], "live": []}
 
+    def flush(end: int) -> None:
+        nonlocal entropy_sum
+        if not segment["token"]:
+            return
+        live = torch.stack(segment["live"], 1)  # [active, steps]
+        tokens[rows, segment_start:end] = torch.stack(segment["token"], 1).masked_fill(~live, pad_id)
+        logps[rows, segment_start:end] = torch.stack(segment["logp"], 1).masked_fill(~live, 0.0)
+        lengths[rows] += live.sum(1)
+        entropy_sum = entropy_sum + (torch.stack(segment["entropy"], 1) * live).sum()
+        for values in segment.values():
+            values.clear()
+
+    active = n
     for t in range(max_new_tokens):
-        logp_all = torch.log_softmax(logits / temperature, dim=-1)  # [active, V]
+        scaled = logits if temperature == 1.0 else logits / temperature
+        logp_all = torch.log_softmax(scaled, dim=-1)  # [active, V]
         p_all = logp_all.exp()
         if greedy:
             token = logits.argmax(-1)
         elif top_p < 1.0:
-            token = draw(top_p_filter(logits / temperature, top_p).softmax(-1), generator)
+            token = draw(top_p_filter(scaled, top_p).softmax(-1), generator)
         else:
             token = draw(p_all, generator)
-        # Written without boolean indexing (a host sync per token on a GPU): rows already done
-        # write the values their slots already hold.
         live = ~done
-        entropy_sum += (-(p_all * logp_all).sum(-1) * live).sum()
-        tokens[rows, t] = token.masked_fill(done, pad_id)
-        logps[rows, t] = logp_all.gather(-1, token[:, None]).squeeze(-1).masked_fill(done, 0.0)
-        lengths[rows] += live.long()
-        hit_eos = torch.isin(token, eos) & live
-        finished[rows] |= hit_eos
-        done |= hit_eos
+        segment["token"].append(token)
+        segment["live"].append(live)
+        segment["logp"].append(logp_all.gather(-1, token[:, None]).squeeze(-1))
+        segment["entropy"].append(-(p_all * logp_all).sum(-1))
+        done = done | (torch.isin(token, eos) & live)
         if t == max_new_tokens - 1:
             break
         if t % check_every == check_every - 1:
-            if bool(done.all()):
+            idle = int(done.sum())  # one host sync answers both questions
+            if idle == active:
                 break
-            if done.float().mean() >= COMPACT_IDLE_SHARE:
+            if idle >= COMPACT_IDLE_SHARE * active:
+                flush(t + 1)
+                segment_start = t + 1
                 keep = (~done).nonzero().squeeze(-1)
                 decoder.select(keep)
                 rows, next_position, done = rows[keep], next_position[keep], done[keep]
                 token = token[keep]
+                active = len(keep)
         token = token.masked_fill(done, pad_id)
         logits = decoder.step(token, ~done, next_position)
         next_position = next_position + 1
+    flush(t + 1)
+    # a row finished iff its last kept token is an end-of-sequence token
+    last = tokens.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
+    finished = torch.isin(last, eos) & (lengths > 0)
 
     lengths_list = lengths.tolist()
     tokens_list, logps_list = tokens.tolist(), logps.tolist()
