@@ -170,6 +170,33 @@ def test_lean_llama_decoder_matches_the_models_own_forward():
             assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
 
 
+def test_bfloat16_decoder_tracks_the_float32_model() -> None:
+    """Projections from bfloat16 copies of a float32 model's weights: next-token log-probabilities
+    stay close to the float32 forward's, and the model's own weights are untouched."""
+    from shrinkthink.decoders import LlamaDecoder
+
+    model, tokenizer = tiny_policy(depth=2, seed=3)
+    model.eval()
+    with torch.no_grad():  # weights large enough that the next-token distribution is far from uniform
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0.0, 0.15, generator=torch.Generator().manual_seed(parameter.numel()))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.tensor([[1] + tokenizer(f"{10 + i}+{20 + i}=?", add_special_tokens=False).input_ids for i in range(4)])
+    mask, positions = torch.ones_like(ids), torch.arange(ids.shape[1]).expand(4, -1)
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits.log_softmax(-1)
+        decoder = LlamaDecoder(model, 4, ids.shape[1], dtype=torch.bfloat16)
+        assert decoder.qkv[0][0].dtype == torch.bfloat16
+        prefill = decoder.prefill(ids[:, :-1], mask[:, :-1], positions[:, :-1]).log_softmax(-1)
+        step = decoder.step(ids[:, -1], torch.ones(4, dtype=torch.bool), positions[:, -1]).log_softmax(-1)
+    uniform = -math.log(reference.shape[-1])
+    assert reference[:, -2:].max(-1).values.min() > uniform + 1.0  # far from uniform: errors would show
+    assert torch.allclose(prefill, reference[:, -2], atol=0.05)
+    assert torch.allclose(step, reference[:, -1], atol=0.05)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_draw_follows_the_probabilities_and_never_picks_a_zero() -> None:
     probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 2.0], [1.0, 1.0, 0.0, 0.0]])  # unnormalised ok
     generator = torch.Generator().manual_seed(0)
