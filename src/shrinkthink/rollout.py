@@ -122,7 +122,7 @@ def sample(
         for values in segment.values():
             values.clear()
 
-    active = n
+    active, t = n, -1
     for t in range(max_new_tokens):
         scaled = logits if temperature == 1.0 else logits / temperature
         logp_all = torch.log_softmax(scaled, dim=-1)  # [active, V]
