@@ -64,18 +64,28 @@ def step_keys(run_dir: Path) -> list[tuple[str, int]]:
     return [(r["stage"], r["step"]) for r in metric_lines(run_dir) if r.get("event") != "stage_end"]
 
 
+def write_config(tmp_path_factory, name: str, text: str) -> Path:
+    path = tmp_path_factory.mktemp("config") / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def run_to_end(config_path: Path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`shrinkthink run` on the config in a fresh run dir; it must exit 0."""
+    run_dir = tmp_path_factory.mktemp("runs") / config_path.stem
+    result = cli("run", str(config_path), "--run-dir", str(run_dir), "--no-progress", cwd=config_path.parent)
+    assert result.returncode == 0, result.stderr
+    return run_dir, result
+
+
 @pytest.fixture(scope="module")
 def config_path(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "e2e.yaml"
-    path.write_text(CONFIG)
-    return path
+    return write_config(tmp_path_factory, "e2e", CONFIG)
 
 
 @pytest.fixture(scope="module")
 def finished_run(config_path: Path, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "e2e"
-    result = cli("run", str(config_path), "--run-dir", str(run_dir), "--no-progress", cwd=config_path.parent)
-    assert result.returncode == 0, result.stderr
+    run_dir, result = run_to_end(config_path, tmp_path_factory)
     assert "climb" in result.stdout and "accuracy" in result.stdout  # the closing table
     return run_dir
 

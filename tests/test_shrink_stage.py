@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from shrinkthink.config import load_config
 from shrinkthink.pipeline import run_pipeline
-from test_pipeline import cli, crash_in, metric_lines, step_keys
+from test_pipeline import crash_in, metric_lines, run_to_end, step_keys, write_config
 
 CONFIG = """\
 name: shrink-e2e
@@ -44,17 +44,12 @@ stages:
 
 @pytest.fixture(scope="module")
 def config_path(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "shrink.yaml"
-    path.write_text(CONFIG)
-    return path
+    return write_config(tmp_path_factory, "shrink", CONFIG)
 
 
 @pytest.fixture(scope="module")
 def finished_run(config_path: Path, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "shrink"
-    result = cli("run", str(config_path), "--run-dir", str(run_dir), "--no-progress", cwd=config_path.parent)
-    assert result.returncode == 0, result.stderr
-    return run_dir
+    return run_to_end(config_path, tmp_path_factory)[0]
 
 
 def test_every_step_logs_each_reward_component_and_controller(finished_run: Path) -> None:
