@@ -4,6 +4,7 @@ model, task, group and lengths, in one run on this machine.
     python bench/vs_trl.py                      # depth 4 (~1M params), 10 steps, 1 thread
     python bench/vs_trl.py --depth 6 --threads 2 --steps 20
     python bench/vs_trl.py --model smollm2 --threads 2 --steps 6   # SmolLM2-135M, 64 new tokens
+    python bench/vs_trl.py --model smollm2 --threads 2 --steps 6 --sample-dtype bfloat16 [--trl-bf16]
 
 Both sides start from the same weights (a tiny policy saved to a temporary folder and loaded
 from it by each), draw the same arith level-1 prompts in the same order (one prompt x G=8
@@ -13,6 +14,10 @@ its chat template on both sides (TRL's conversational prompts, our `Policy.promp
 'dapo', beta 0); its gradient checkpointing is off unless --trl-gradient-checkpointing (our
 learner never recomputes activations, and the model is tiny). The first --warmup steps are
 left out of the means.
+
+`--sample-dtype bfloat16` makes our sampler run its matmuls from bfloat16 copies of the float32
+weights (`sampling.dtype: bfloat16`); the learner still trains in float32. `--trl-bf16` gives TRL
+its `bf16=True` (mixed precision: generation and training under bfloat16 autocast).
 
 Our learner skips episodes whose advantage is zero (a group that scored all alike carries no
 signal), and a random-init model scores 0 everywhere: the 'ours' row then times sampling only.
@@ -64,6 +69,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="keep TRL's default gradient checkpointing (recomputes activations)")
+    parser.add_argument("--sample-dtype", choices=["model", "bfloat16"], default="model",
+                        help="our sampler's matmul precision (sampling.dtype)")
+    parser.add_argument("--trl-bf16", action="store_true", help="TRL with bf16=True (mixed precision)")
     parser.add_argument("--skip-trl", action="store_true", help="time only our side")
     args = parser.parse_args()
     if args.steps <= args.warmup:
@@ -90,7 +98,8 @@ def our_steps(folder: str, task: Task, problems: list[Problem], args,
     for problem in problems:
         began = time.perf_counter()
         prompt = policy.prompt_ids(problem.prompt)
-        samples = policy.sample([prompt] * GROUP, max_new_tokens=args.max_new_tokens, temperature=TEMPERATURE)
+        samples = policy.sample([prompt] * GROUP, max_new_tokens=args.max_new_tokens, temperature=TEMPERATURE,
+                                dtype=args.sample_dtype)
         episodes = []
         for ids, logprobs, finished in zip(samples.completion_ids, samples.logprobs, samples.finished):
             text = policy.decode(ids)
@@ -161,7 +170,7 @@ def trl_steps(folder: str, task: Task, problems: list[Problem], args) -> tuple[l
             logging_steps=1,
             report_to=[],
             use_cpu=True,
-            bf16=False,
+            bf16=args.trl_bf16,
             save_strategy="no",
             shuffle_dataset=False,  # the same prompt order as ours
             gradient_checkpointing=args.trl_gradient_checkpointing,
@@ -183,7 +192,7 @@ def summarise(name: str, seconds: list[float], warmup: int) -> tuple[str, float]
     timed = seconds[warmup:]
     mean = statistics.mean(timed)
     spread = statistics.stdev(timed) if len(timed) > 1 else 0.0
-    return f"{name:34s} {mean:8.3f} {spread:8.3f} {len(timed):6d}", mean
+    return f"{name:52s} {mean:8.3f} {spread:8.3f} {len(timed):6d}", mean
 
 
 def main() -> int:
@@ -212,10 +221,11 @@ def main() -> int:
         del model
 
         rows = []
+        dtype = "" if args.sample_dtype == "model" else f", {args.sample_dtype} sampling"
         ours, our_rewards, our_trained = our_steps(folder, task, problems, args, False)
-        rows.append(("ours (explore step)", ours, our_rewards, our_trained))
+        rows.append((f"ours (explore step{dtype})", ours, our_rewards, our_trained))
         forced, forced_rewards, forced_trained = our_steps(folder, task, problems, args, True)
-        rows.append(("ours, every episode trained", forced, forced_rewards, forced_trained))
+        rows.append((f"ours, every episode trained{dtype}", forced, forced_rewards, forced_trained))
         if not args.skip_trl:
             import trl
 
@@ -223,11 +233,12 @@ def main() -> int:
             if len(trl_seconds) != args.steps:
                 print(f"warning: TRL timed {len(trl_seconds)} steps, expected {args.steps}", file=sys.stderr)
             checkpointing = "on" if args.trl_gradient_checkpointing else "off"
-            rows.insert(0, (f"TRL {trl.__version__} GRPOTrainer (ckpt {checkpointing})", trl_seconds, trl_rewards,
+            precision = ", bf16" if args.trl_bf16 else ""
+            rows.insert(0, (f"TRL {trl.__version__} GRPOTrainer (ckpt {checkpointing}{precision})", trl_seconds, trl_rewards,
                             [float(GROUP)] * len(trl_seconds)))
 
     print()
-    print(f"{'side':34s} {'s/step':>8s} {'stdev':>8s} {'steps':>6s} {'reward':>7s} {'trained/step':>13s}")
+    print(f"{'side':52s} {'s/step':>8s} {'stdev':>8s} {'steps':>6s} {'reward':>7s} {'trained/step':>13s}")
     means = {}
     for name, seconds, rewards, trained in rows:
         line, means[name] = summarise(name, seconds, args.warmup)

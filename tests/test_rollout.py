@@ -197,6 +197,34 @@ def test_bfloat16_decoder_tracks_the_float32_model() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_bfloat16_sampling_is_close_to_the_learners_float32_log_probabilities() -> None:
+    """`Sampling.dtype: bfloat16`, lean and generic decoders alike: the sampled log-probabilities
+    (the learner's "old" ones) stay within a clipped ratio's reach of the float32 recomputation,
+    and the policy keeps its float32 weights."""
+    model, tokenizer = tiny_policy(depth=2, seed=5)
+    with torch.no_grad():  # far from uniform, so precision errors would show
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0.0, 0.15, generator=torch.Generator().manual_seed(parameter.numel()))
+    policy = Policy(model.eval(), tokenizer)
+    prompts = [policy.prompt_ids(t) for t in TEXTS]
+    for generic in (False, True):
+        torch.manual_seed(0)
+        samples = rollout.sample(policy.model, prompts, eos_ids=policy.eos_ids, pad_id=policy.pad_id,
+                                 max_new_tokens=16, generic=generic, dtype=torch.bfloat16)
+        ids, attention, predictor, mask = pack(prompts, samples.completion_ids, policy.pad_id, "cpu")
+        with torch.no_grad():
+            fresh = completion_logprobs(policy.model, ids, attention, predictor, 1.0)
+        old = torch.zeros_like(fresh)
+        for row, logprobs in enumerate(samples.logprobs):
+            old[row, : len(logprobs)] = torch.tensor(logprobs)
+        gap = (fresh - old)[mask].abs()
+        assert fresh[mask].mean() < -0.5  # real choices, not near-certain tokens
+        assert gap.max() < 0.1 and gap.mean() < 0.02, (generic, gap.max(), gap.mean())
+        assert gap.max() > 1e-3  # it really sampled in bfloat16 (float32 agrees to 1e-5)
+    assert all(p.dtype == torch.float32 for p in policy.model.parameters())
+
+
 def test_draw_follows_the_probabilities_and_never_picks_a_zero() -> None:
     probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 2.0], [1.0, 1.0, 0.0, 0.0]])  # unnormalised ok
     generator = torch.Generator().manual_seed(0)

@@ -59,6 +59,7 @@ class Sampling(Strict):
     max_new_tokens: int = Field(64, ge=1, description="completion length cap, in tokens")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    dtype: Literal["model", "bfloat16"] = Field("model", description="the sampler's matmul precision: the policy's own, or bfloat16 copies of its weights (faster on GPUs and on CPUs with AMX, much slower on CPUs without bfloat16 units); the learner recomputes log-probabilities in the policy's precision and its clipped ratio corrects for the difference")
 
 
 class LearnerConfig(Strict):

@@ -20,21 +20,26 @@ LLAMA_FAMILY = {"llama", "mistral", "qwen2"}
 
 
 class HFDecoder:
-    def __init__(self, model) -> None:
+    def __init__(self, model, dtype: torch.dtype | None = None) -> None:
+        """`dtype`: run the forward under autocast to this precision; default the model's own."""
         self.model = model
         self.cache = DynamicCache()
         self.mask: torch.Tensor | None = None
+        device = next(model.parameters()).device.type
+        self.autocast = torch.autocast(device, dtype=dtype, enabled=dtype is not None)
 
     def prefill(self, ids, mask, positions) -> torch.Tensor:
         self.mask = mask
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=self.cache, use_cache=True)
+        with self.autocast:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                             past_key_values=self.cache, use_cache=True)
         return out.logits[:, -1, :].float()
 
     def step(self, token, live, position) -> torch.Tensor:
         self.mask = torch.cat([self.mask, live.long()[:, None]], dim=-1)
-        out = self.model(input_ids=token[:, None], attention_mask=self.mask, position_ids=position[:, None],
-                         past_key_values=self.cache, use_cache=True)
+        with self.autocast:
+            out = self.model(input_ids=token[:, None], attention_mask=self.mask, position_ids=position[:, None],
+                             past_key_values=self.cache, use_cache=True)
         return out.logits[:, -1, :].float()
 
     def select(self, keep: torch.Tensor) -> None:

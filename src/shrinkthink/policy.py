@@ -16,6 +16,7 @@ from shrinkthink.rollout import Samples, sample
 
 LATENT_FILE = "latent.json"
 ADAPTER_DIR = "adapter"  # a LoRA checkpoint's adapter, beside the base weights
+SAMPLER_DTYPES = {"model": None, "bfloat16": torch.bfloat16}  # `Sampling.dtype`
 
 
 def model_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
@@ -127,9 +128,11 @@ class Policy:
         return int(self.latent.get("thoughts", 0)) if self.latent else 0
 
     def sample(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
-               top_p: float = 1.0, greedy: bool = False, batch_size: int = 512) -> Samples:
+               top_p: float = 1.0, greedy: bool = False, batch_size: int = 512,
+               dtype: str = "model") -> Samples:
         """Completions of `prompts`; a latent policy first appends its `<bot> <thought>*n <eot>`
-        block and runs the thoughts (n+1 passes), then decodes from the same KV cache."""
+        block and runs the thoughts (n+1 passes), then decodes from the same KV cache. `dtype`
+        (`Sampling.dtype`): "model", or "bfloat16" for bfloat16 matmuls."""
         was_training = self.model.training
         self.model.eval()
         model, generic = self.model, False
@@ -143,7 +146,7 @@ class Policy:
         parts = [
             sample(model, prompts[i : i + batch_size], eos_ids=self.eos_ids, pad_id=self.pad_id,
                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
-                   generic=generic)
+                   generic=generic, dtype=SAMPLER_DTYPES[dtype])
             for i in range(0, len(prompts), batch_size)
         ]
         self.model.train(was_training)

@@ -75,9 +75,11 @@ def sample(
     greedy: bool = False,
     generator: torch.Generator | None = None,
     generic: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Samples:
     """Sample one completion per prompt (repeat a prompt G times for a group). `generic` forces the
-    model's own `forward` instead of the lean Llama-family decoder."""
+    model's own `forward` instead of the lean Llama-family decoder; `dtype` runs the matmuls in
+    that precision (the lean decoder from weight copies, the generic one under autocast)."""
     device = next(model.parameters()).device
     n = len(prompts)
     lean = not generic and LlamaDecoder.supports(model)
@@ -88,7 +90,10 @@ def sample(
     distinct = [list(p) for p in slot] if lean else prompts
     ids, mask = left_pad(distinct, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    decoder = LlamaDecoder(model, len(distinct), ids.shape[1] + max_new_tokens) if lean else HFDecoder(model)
+    if lean:
+        decoder = LlamaDecoder(model, len(distinct), ids.shape[1] + max_new_tokens, dtype=dtype)
+    else:
+        decoder = HFDecoder(model, dtype)
     logits = decoder.prefill(ids, mask, positions)
     if len(distinct) < n:
         expand = torch.tensor(source, device=device)

@@ -44,7 +44,8 @@ def rollout(ctx: StageContext, stage: ExploreStage, problems: list[Problem]) -> 
     policy, size = ctx.policy, stage.learner.group_size
     prompts = [policy.prompt_ids(p.prompt) for p in problems]
     samples = policy.sample([p for p in prompts for _ in range(size)], max_new_tokens=stage.sampling.max_new_tokens,
-                            temperature=stage.sampling.temperature, top_p=stage.sampling.top_p)
+                            temperature=stage.sampling.temperature, top_p=stage.sampling.top_p,
+                            dtype=stage.sampling.dtype)
     episodes = []
     for i, (ids, logprobs, finished) in enumerate(zip(samples.completion_ids, samples.logprobs, samples.finished)):
         problem = problems[i // size]
