@@ -84,18 +84,20 @@ class LlamaDecoder:
         # cache saves a copy of every layer's keys a token); on a GPU SDPA's kernels.
         self.one_token_path = parameter.device.type == "cpu"
         stream = torch.float32 if self.one_token_path else dtype
-        self.norms = [(layer.input_layernorm.weight.detach().to(stream), layer.post_attention_layernorm.weight.detach().to(stream))
-                      for layer in self.core.layers]
+        self.norms = [(layer.input_layernorm.weight.detach().to(stream),
+                       layer.post_attention_layernorm.weight.detach().to(stream)) for layer in self.core.layers]
         self.final_norm = self.core.norm.weight.detach().to(stream)
         # One matmul for q, k and v and one for gate and up: fewer calls per token. Every weight is
         # stored transposed and contiguous (on the dev CPU `mm` then takes 4.4 us at batch 8 x 128
         # against 9.4 us for `F.linear`), copied afresh for every batch so it matches the model
         # being trained.
         with torch.no_grad():
-            self.qkv = [_fuse(dtype, l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj) for l in self.core.layers]
-            self.gate_up = [_fuse(dtype, l.mlp.gate_proj, l.mlp.up_proj) for l in self.core.layers]
-            self.o = [_fuse(dtype, l.self_attn.o_proj) for l in self.core.layers]
-            self.down = [_fuse(dtype, l.mlp.down_proj) for l in self.core.layers]
+            attentions = [block.self_attn for block in self.core.layers]
+            mlps = [block.mlp for block in self.core.layers]
+            self.qkv = [_fuse(dtype, a.q_proj, a.k_proj, a.v_proj) for a in attentions]
+            self.gate_up = [_fuse(dtype, m.gate_proj, m.up_proj) for m in mlps]
+            self.o = [_fuse(dtype, a.o_proj) for a in attentions]
+            self.down = [_fuse(dtype, m.down_proj) for m in mlps]
             self.head = _fuse(dtype, model.lm_head)
         shape = (len(self.core.layers), batch, self.kv_heads, max_len, self.head_dim)
         self.keys = torch.zeros(shape, dtype=stream, device=parameter.device)
@@ -249,8 +251,8 @@ def _weight(linear: torch.nn.Module) -> torch.Tensor:
 
 def _fuse(dtype: torch.dtype, *linears: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The linears' weights stacked and transposed, [in, sum of outs], and their biases, in `dtype`."""
-    weight = torch.cat([_weight(l) for l in linears]).t().to(dtype, memory_format=torch.contiguous_format)
-    biases = [getattr(l, "bias", None) for l in linears]
+    weight = torch.cat([_weight(linear) for linear in linears]).t().to(dtype, memory_format=torch.contiguous_format)
+    biases = [getattr(linear, "bias", None) for linear in linears]
     return weight, (torch.cat(biases).to(dtype) if all(b is not None for b in biases) else None)
 
 
