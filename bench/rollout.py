@@ -3,6 +3,7 @@ and sampling settings, in one run.
 
     flock /tmp/shrinkthink-cpu.lock python bench/rollout.py                 # SmolLM2-135M, batch 32 and 64
     python bench/rollout.py --batches 8 --new-tokens 32 --threads 1       # a quick look
+    python bench/rollout.py --sample-dtype bfloat16     # ours: bfloat16 matmuls from the float32 model
 
 Both sides sample (temperature 1, no top-p/top-k) exactly `--new-tokens` tokens per row: end of
 sequence is switched off on both (`generate` through `min_new_tokens`, ours by passing no eos id),
@@ -12,6 +13,11 @@ at different lengths, so this depends on what the model says). `--group G` repea
 times as GRPO does; our engine then runs each distinct prompt's prefill once. Prompts are reasoning-gym chain_sum
 questions through the chat template, left-padded. Each figure is the best of `--repeats` runs
 after one untimed warm-up run per side.
+
+`--dtype` is the model's (both sides); `--sample-dtype bfloat16` is our `sampling.dtype: bfloat16`:
+our engine runs its projections from bfloat16 copies of the weights while `generate` runs the model
+as loaded, the setting a float32 policy in training samples with. That compares different
+precisions: read it beside the `--dtype bfloat16` table.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from shrinkthink.config import ModelConfig  # noqa: E402
-from shrinkthink.policy import Policy, pick_device  # noqa: E402
+from shrinkthink.policy import SAMPLER_DTYPES, Policy, pick_device  # noqa: E402
 from shrinkthink.rollout import left_pad, sample  # noqa: E402
 from shrinkthink.tasks import make_task  # noqa: E402
 
@@ -45,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per side; the best is kept")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="both sides")
+    parser.add_argument("--sample-dtype", choices=["model", "bfloat16"], default="model",
+                        help="our engine only: sampling.dtype (bfloat16 matmuls from weight copies)")
     parser.add_argument("--group", type=int, default=1,
                         help="G: batch/G distinct prompts, each repeated G times (GRPO-shaped; 1: all distinct)")
     parser.add_argument("--skip-generate", action="store_true", help="time only our engine")
@@ -73,13 +81,14 @@ def main() -> int:
     hf_logging.disable_progress_bar()
 
     device = pick_device(args.device)
+    sample_dtype = SAMPLER_DTYPES[args.sample_dtype]
     policy = Policy.from_config(ModelConfig(kind="pretrained", path=args.model, dtype=args.dtype), device)
     model = policy.model.eval()
     parameters = sum(p.numel() for p in model.parameters())
     task = make_task("gym:chain_sum", {})
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch "
           f"{torch.__version__} with {torch.get_num_threads()} threads; python {platform.python_version()}; "
-          f"device {device}, {next(model.parameters()).dtype}")
+          f"device {device}, {next(model.parameters()).dtype}; our sampling dtype: {args.sample_dtype}")
     print(f"model: {args.model}, {parameters / 1e6:.1f}M params; {args.new_tokens} new tokens a row, "
           f"temperature 1, best of {args.repeats}; "
           + ("distinct prompts" if args.group == 1 else f"groups: each prompt {args.group} times"))
@@ -94,7 +103,7 @@ def main() -> int:
 
         def ours(new_tokens, eos_ids=frozenset()):
             return sample(model, prompts, eos_ids=set(eos_ids), pad_id=policy.pad_id,
-                          max_new_tokens=new_tokens, temperature=1.0)
+                          max_new_tokens=new_tokens, temperature=1.0, dtype=sample_dtype)
 
         def theirs(new_tokens):
             with torch.no_grad():
