@@ -4,7 +4,8 @@ model, task, group and lengths, in one run on this machine.
     python bench/vs_trl.py                      # depth 4 (~1M params), 10 steps, 1 thread
     python bench/vs_trl.py --depth 6 --threads 2 --steps 20
     python bench/vs_trl.py --model smollm2 --threads 2 --steps 6   # SmolLM2-135M, 64 new tokens
-    python bench/vs_trl.py --model smollm2 --threads 2 --steps 6 --sample-dtype bfloat16 [--trl-bf16]
+    python bench/vs_trl.py --model smollm2 --threads 2 --steps 6 --sample-dtype bfloat16 \
+        --learner-dtype bfloat16 --trl-bf16             # both sides in bfloat16 mixed precision
 
 Both sides start from the same weights (a tiny policy saved to a temporary folder and loaded
 from it by each), draw the same arith level-1 prompts in the same order (one prompt x G=8
@@ -16,8 +17,10 @@ learner never recomputes activations, and the model is tiny). The first --warmup
 left out of the means.
 
 `--sample-dtype bfloat16` makes our sampler run its matmuls from bfloat16 copies of the float32
-weights (`sampling.dtype: bfloat16`); the learner still trains in float32. `--trl-bf16` gives TRL
-its `bf16=True` (mixed precision: generation and training under bfloat16 autocast).
+weights (`sampling.dtype: bfloat16`); `--learner-dtype bfloat16` runs our update's forward and
+backward under bfloat16 autocast (`learner.dtype: bfloat16`; weights, gradients and Adam state stay
+float32). `--trl-bf16` gives TRL its `bf16=True`: the same mixed precision for its generation and
+training.
 
 Our learner skips episodes whose advantage is zero (a group that scored all alike carries no
 signal), and a random-init model scores 0 everywhere: the 'ours' row then times sampling only.
@@ -71,6 +74,8 @@ def parse_args() -> argparse.Namespace:
                         help="keep TRL's default gradient checkpointing (recomputes activations)")
     parser.add_argument("--sample-dtype", choices=["model", "bfloat16"], default="model",
                         help="our sampler's matmul precision (sampling.dtype)")
+    parser.add_argument("--learner-dtype", choices=["model", "bfloat16"], default="model",
+                        help="our update's precision (learner.dtype)")
     parser.add_argument("--trl-bf16", action="store_true", help="TRL with bf16=True (mixed precision)")
     parser.add_argument("--skip-trl", action="store_true", help="time only our side")
     args = parser.parse_args()
@@ -92,7 +97,8 @@ def our_steps(folder: str, task: Task, problems: list[Problem], args,
               train_every_episode: bool) -> tuple[list[float], list[float], list[float]]:
     """Seconds, mean reward and trained episodes of each step."""
     policy = Policy.load(folder, "cpu")
-    learner = Learner(policy, LearnerConfig(name="grpo", lr=args.lr, group_size=GROUP, problems_per_step=1), TEMPERATURE)
+    config = LearnerConfig(name="grpo", lr=args.lr, group_size=GROUP, problems_per_step=1, dtype=args.learner_dtype)
+    learner = Learner(policy, config, TEMPERATURE)
     torch.manual_seed(args.seed)
     seconds, rewards, trained = [], [], []
     for problem in problems:
@@ -222,6 +228,7 @@ def main() -> int:
 
         rows = []
         dtype = "" if args.sample_dtype == "model" else f", {args.sample_dtype} sampling"
+        dtype += "" if args.learner_dtype == "model" else f", {args.learner_dtype} update"
         ours, our_rewards, our_trained = our_steps(folder, task, problems, args, False)
         rows.append((f"ours (explore step{dtype})", ours, our_rewards, our_trained))
         forced, forced_rewards, forced_trained = our_steps(folder, task, problems, args, True)

@@ -41,10 +41,12 @@ class FirstDigitTask(Task):
         return float(completion[:1] == TARGET)
 
 
-def train(name: str, steps: int, *, lr: float = 3e-3, max_new_tokens: int = 3, seed: int = 0) -> list[float]:
+def train(name: str, steps: int, *, lr: float = 3e-3, max_new_tokens: int = 3, seed: int = 0,
+          dtype: str = "model", check=None) -> list[float]:
     """Mean reward of each step's rollout, as stages/explore.py runs it: G samples per problem,
-    scored by the task, then one learner update."""
-    config = LearnerConfig(name=name, group_size=16, problems_per_step=4, lr=lr)
+    scored by the task, then one learner update. `dtype`: the sampler's and the learner's
+    (`sampling.dtype`, `learner.dtype`); `check(policy)` runs at the end."""
+    config = LearnerConfig(name=name, group_size=16, problems_per_step=4, lr=lr, dtype=dtype)
     model, tokenizer = tiny_policy(depth=2, seed=seed)
     policy = Policy(model, tokenizer)
     learner = Learner(policy, config)
@@ -57,7 +59,7 @@ def train(name: str, steps: int, *, lr: float = 3e-3, max_new_tokens: int = 3, s
     for _ in range(steps):
         problems = [rng.choice(pool) for _ in range(config.problems_per_step)]
         prompts = [policy.prompt_ids(p.prompt) for p in problems]
-        samples = policy.sample([p for p in prompts for _ in range(size)], max_new_tokens=max_new_tokens)
+        samples = policy.sample([p for p in prompts for _ in range(size)], max_new_tokens=max_new_tokens, dtype=dtype)
         episodes = []
         for i, (ids, logprobs) in enumerate(zip(samples.completion_ids, samples.logprobs)):
             text = policy.decode(ids)
@@ -71,6 +73,8 @@ def train(name: str, steps: int, *, lr: float = 3e-3, max_new_tokens: int = 3, s
         stats = learner.update(episodes, groups)
         assert stats["trained_episodes"] >= 0
         rewards.append(sum(e.reward for e in episodes) / len(episodes))
+    if check is not None:
+        check(policy)
     return rewards
 
 
@@ -80,6 +84,18 @@ def mean(values: list[float]) -> float:
 
 def test_grpo_raises_the_reward() -> None:
     rewards = train("grpo", 30)
+    assert mean(rewards[:5]) < 0.15
+    assert mean(rewards[-5:]) > mean(rewards[:5]) + 0.4
+
+
+def test_grpo_in_bfloat16_raises_the_reward_and_keeps_float32_weights() -> None:
+    """bfloat16 sampling and a mixed-precision update: the sampler's log-probabilities differ
+    slightly from the learner's, the clipped ratio absorbs it, and the weights and the Adam
+    state stay float32."""
+    def float32_state(policy: Policy) -> None:
+        assert all(p.dtype == torch.float32 for p in policy.model.parameters())
+
+    rewards = train("grpo", 30, dtype="bfloat16", check=float32_state)
     assert mean(rewards[:5]) < 0.15
     assert mean(rewards[-5:]) > mean(rewards[:5]) + 0.4
 
@@ -161,3 +177,18 @@ def test_zero_advantage_groups_are_skipped_unless_a_reference_needs_them() -> No
     stats = Learner(policy, LearnerConfig(group_size=4, problems_per_step=2, kl_coef=0.1)).update(episodes, groups)
     assert stats["trained_episodes"] == 8 and stats["kl"] >= 0
     assert any(not torch.equal(b, p) for b, p in zip(before, policy.model.parameters()))
+
+
+@pytest.mark.parametrize("dtype, expected", [("model", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_learner_dtype_runs_the_update_under_autocast(dtype: str, expected: torch.dtype) -> None:
+    model, tokenizer = tiny_policy(depth=2, seed=0)
+    policy = Policy(model, tokenizer)
+    episodes, _ = episodes_of_different_lengths(policy, n=4)
+    for i, episode in enumerate(episodes):
+        episode.reward = float(i % 2)
+    seen: list[torch.dtype] = []
+    hook = policy.model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    Learner(policy, LearnerConfig(group_size=4, problems_per_step=1, dtype=dtype)).update(episodes, [[0, 1, 2, 3]])
+    hook.remove()
+    assert seen == [expected]
+    assert all(p.dtype == torch.float32 for p in policy.model.parameters())

@@ -58,6 +58,8 @@ class Learner:
         self.optimizer = make_optimizer(policy, config.lr)
         warmup = max(1, config.warmup_steps)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda update: min(1.0, (update + 1) / warmup))
+        # mixed precision: only the forward and backward run under bfloat16 autocast
+        self.autocast = torch.autocast(policy.device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
         self.reference = None
         if config.kl_coef > 0 and config.name != "expert_iteration":
             self.reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
@@ -98,10 +100,11 @@ class Learner:
                 for row, episode in enumerate(chosen):
                     old[row, : len(episode.logprobs)] = torch.tensor(episode.logprobs)
                 reference = None
-                if self.reference is not None:
-                    with torch.no_grad():
-                        reference = completion_logprobs(self.reference, ids, attention, predictor, self.temperature)
-                logprobs = completion_logprobs(model, ids, attention, predictor, self.temperature)
+                with self.autocast:
+                    if self.reference is not None:
+                        with torch.no_grad():
+                            reference = completion_logprobs(self.reference, ids, attention, predictor, self.temperature)
+                    logprobs = completion_logprobs(model, ids, attention, predictor, self.temperature)
                 adv = torch.tensor([a for _, a in chunk], device=mask.device)
                 loss, step_stats = clipped_policy_loss(
                     logprobs, old, adv, mask, self.config.clip_low, self.config.clip_high, reference, self.config.kl_coef
@@ -141,9 +144,10 @@ class Learner:
         self.policy.model.train()
         for _ in range(self.config.inner_epochs):
             # completion_ids end with the sampled end-of-sequence token already
-            stats["loss"] = supervised_step(
-                self.policy, self.optimizer, [w.prompt_ids for w in winners], [w.completion_ids for w in winners],
-                self.config.max_grad_norm,
-            )
+            with self.autocast:
+                stats["loss"] = supervised_step(
+                    self.policy, self.optimizer, [w.prompt_ids for w in winners], [w.completion_ids for w in winners],
+                    self.config.max_grad_norm,
+                )
             self.schedule.step()
         return stats
