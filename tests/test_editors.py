@@ -119,3 +119,24 @@ def test_paraphrase_is_re_verified_and_the_probe_sees_steganography() -> None:
     # the lazy policy reads the last number: `49=19+30` hides the result where it does not look
     spelling = steganography_probe(ScriptedPolicy(lazy), TASK, Paraphraser(None, seed=0), items, 64)
     assert spelling["probe_own_accuracy"] == 1.0 and spelling["probe_gap"] > 0.0
+
+
+def test_a_helper_model_is_loaded_once_per_path(tmp_path) -> None:
+    """The run's checks and the shrink stage both build the editors; a critic and a paraphraser
+    naming the same folder share one loaded model."""
+    from shrinkthink.config import LLMCriticEditor, ParaphraseEditor
+    from shrinkthink.editors import build_editors
+    from shrinkthink.model import tiny_policy
+
+    model, tokenizer = tiny_policy(depth=1, seed=0)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path)
+    configs = [LLMCriticEditor(name="llm_critic", model=str(tmp_path)),
+               ParaphraseEditor(name="paraphrase", model=str(tmp_path))]
+    critic, paraphraser = build_editors(configs, TASK, "cpu")
+    again, _ = build_editors(configs, TASK, "cpu")
+    assert critic.critic is paraphraser.model is again.critic
+    other = tmp_path / "other"
+    model.save_pretrained(other, safe_serialization=True)
+    tokenizer.save_pretrained(other)
+    assert build_editors([LLMCriticEditor(name="llm_critic", model=str(other))], TASK, "cpu")[0].critic is not critic

@@ -9,6 +9,7 @@ right answer (DESIGN.md: "every edit is re-verified before it becomes a target")
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from shrinkthink.errors import UserError
@@ -73,16 +74,23 @@ class Editor:
 
 def load_helper_model(path: str, field: str, device) -> Policy:
     """A critic's or paraphraser's own model (a local folder, a .gguf file or 'smollm2'); a path
-    that does not load is a one-line error naming the config field."""
-    from shrinkthink.model import load_pretrained
-
+    that does not load is a one-line error naming the config field. Loaded once per path and
+    device: the checks before a run, the shrink stage, and a critic and paraphraser naming the same
+    model share it (editors only read it)."""
     try:
-        model, tokenizer = load_pretrained(path)
+        return _helper_model(path, str(device))
     except UserError as error:
         raise UserError(f"{field}: {str(error).removeprefix('model.path: ')}") from None
     except Exception as error:  # a folder that exists but holds no model
         raise UserError(f"{field}: cannot load model '{path}' ({type(error).__name__}: {error})") from None
-    return Policy(model, tokenizer, device)
+
+
+@functools.lru_cache(maxsize=4)
+def _helper_model(path: str, device: str) -> Policy:
+    from shrinkthink.model import load_pretrained
+
+    model, tokenizer = load_pretrained(path)
+    return Policy(model.eval(), tokenizer, device)
 
 
 def build_editors(configs: list, task: Task, device, field: str = "editors") -> list[Editor]:
