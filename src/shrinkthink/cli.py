@@ -62,20 +62,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args) -> None:
     from shrinkthink.config import load_config
-    from shrinkthink.pipeline import format_table, run_pipeline
 
+    # the config is validated before torch and transformers are imported: a bad field is
+    # reported at once, not after seconds of imports
     if args.resume:
         config_path = os.path.join(args.resume, "config.yaml")
         if not os.path.isfile(config_path):
             raise UserError(f"--resume: no run in '{args.resume}' (config.yaml missing)")
         config = load_config(config_path, args.args)
-        summary = run_pipeline(config, run_dir=args.resume, resume=True, progress=not args.no_progress)
     else:
         config_path = None
         overrides = list(args.args)
         if overrides and "=" not in overrides[0]:
             config_path = overrides.pop(0)
         config = load_config(config_path, overrides)
+    from shrinkthink.pipeline import format_table, run_pipeline
+
+    if args.resume:
+        summary = run_pipeline(config, run_dir=args.resume, resume=True, progress=not args.no_progress)
+    else:
         summary = run_pipeline(config, run_dir=args.run_dir, progress=not args.no_progress)
     print(format_table(summary))
 
