@@ -84,3 +84,29 @@ def test_checkpoint_reproduces_outputs_and_keeps_adapters_trainable(tmp_path) ->
     # the same trainable parameters in the same order: a resumed optimizer state lines up
     names = lambda p: [n for n, q in p.model.named_parameters() if q.requires_grad]  # noqa: E731
     assert names(loaded) == names(policy)
+
+
+def test_a_resumed_stage_anchors_kl_to_the_stage_start_adapter(tmp_path) -> None:
+    """A LoRA policy's KL reference is the frozen base with the stage-start adapter. The adapter
+    alone is written when the stage starts; a stage resumed mid-way loads it into the reference
+    instead of anchoring to the adapter it resumes with."""
+    from shrinkthink.config import load_config
+    from shrinkthink.rundir import RunDir
+    from shrinkthink.stages import StageContext
+    from shrinkthink.tasks import make_task
+
+    policy = lora_policy()
+    config, task, run = load_config(), make_task("arith", {}), RunDir(tmp_path)
+    learner = Learner(policy, LearnerConfig(kl_coef=0.1))
+    StageContext(config, policy, task, run, 1, "climb").anchor_reference(learner)
+    assert not (run.checkpoints / ".climb-reference" / "model.safetensors").exists()  # no second base
+    start = {n: p.clone() for n, p in policy.model.named_parameters()}
+    with torch.no_grad():  # the stage trains the adapter, then the run crashes
+        for name, p in policy.model.named_parameters():
+            if "lora_" in name:
+                p.add_(0.5)
+    resumed = Learner(policy, LearnerConfig(kl_coef=0.1))  # a copy of the policy it resumes with
+    StageContext(config, policy, task, run, 1, "climb", resume_state={"stage_step": 2}).anchor_reference(resumed)
+    reference = dict(resumed.reference.named_parameters())
+    assert all(torch.equal(reference[n], p) for n, p in start.items())
+    assert not all(torch.equal(q, start[n]) for n, q in policy.model.named_parameters())

@@ -69,6 +69,15 @@ class RunDir:
         self._swap_in(tmp, target)
         return target
 
+    def save_adapter(self, name: str, policy: Policy) -> Path:
+        """A LoRA policy's adapter alone (`adapter_model.safetensors`), without the frozen base."""
+        target = self.checkpoints / name
+        tmp = self.checkpoints / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.model.save_pretrained(tmp, safe_serialization=True)
+        self._swap_in(tmp, target)
+        return target
+
     def save_latest(self, policy: Policy, trainer: dict[str, Any] | None, state: dict[str, Any]) -> None:
         """The resumable checkpoint: weights, the trainer's state (optimizer, schedule), and where
         the run stands."""

@@ -18,6 +18,8 @@ from shrinkthink.policy import Policy
 from shrinkthink.rundir import RunDir
 from shrinkthink.tasks.base import Task
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft's save_pretrained writes
+
 
 @dataclass
 class StageResult:
@@ -56,12 +58,20 @@ class StageContext:
         """KL's frozen reference is the stage-start policy. It is written beside the checkpoints
         when the stage starts, so that a resumed stage anchors to it rather than to the
         mid-stage policy it resumes from."""
-        if learner.reference is None or hasattr(self.policy.model, "peft_config"):
-            return  # (a LoRA reference is the frozen base with the stage-start adapter: not kept)
+        if learner.reference is None:
+            return
         folder = self.run.checkpoints / f".{self.stage_name}-reference"
+        lora = hasattr(self.policy.model, "peft_config")  # the frozen base plus the stage-start adapter
         if self.resume_state is None:
-            self.run.save_policy(folder.name, self.policy)
-        elif (folder / "model.safetensors").is_file():
+            if lora:
+                self.run.save_adapter(folder.name, self.policy)  # the base is the checkpoints' own
+            else:
+                self.run.save_policy(folder.name, self.policy)
+        elif lora and (folder / ADAPTER_WEIGHTS).is_file():
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(learner.reference, load_file(str(folder / ADAPTER_WEIGHTS)))
+        elif not lora and (folder / "model.safetensors").is_file():
             load_weights(learner.reference, folder)
 
     def bar(self, total: int, initial: int) -> tqdm:
