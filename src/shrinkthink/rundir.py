@@ -118,4 +118,4 @@ class RunDir:
                 continue  # a line cut short by the crash
             if keep(record):
                 kept.append(line)
-        write_atomic(self.metrics_path, "".join(l + "\n" for l in kept))
+        write_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
