@@ -58,6 +58,7 @@ class ProsQATask(Task):
         self.extra_edges = extra_edges
         # A level-L path needs L+1 concepts plus the unreachable one.
         self.max_level = min(6, num_concepts - 2)
+        self._facts: dict[str, tuple[set, set]] = {}  # problem id -> (rules, concepts the person is)
 
     def generate(self, level: int, rng: random.Random) -> Problem:
         person = rng.choice(PEOPLE)
@@ -120,14 +121,23 @@ class ProsQATask(Task):
         if fact is None:
             return False
         subject, concept, universal = fact
-        edges = {tuple(edge) for edge in problem.metadata["edges"]}
+        edges, reached = self._problem_facts(problem)
         if universal:
             return (subject, concept) in edges
-        graph: Graph = defaultdict(set)
-        for u, v in edges:
-            graph[u].add(v)
-        person, root = problem.metadata["person"], problem.metadata["path"][0]
-        return subject == person and concept in reachable_set(graph, root)
+        return subject == problem.metadata["person"] and concept in reached
+
+    def _problem_facts(self, problem: Problem) -> tuple[set, set]:
+        """The question's rules and every concept they make its person, once per problem (a
+        transcript's lines are checked one at a time)."""
+        if problem.id not in self._facts:
+            if len(self._facts) > 10_000:
+                self._facts.clear()
+            edges = {tuple(edge) for edge in problem.metadata["edges"]}
+            graph: Graph = defaultdict(set)
+            for u, v in edges:
+                graph[u].add(v)
+            self._facts[problem.id] = (edges, reachable_set(graph, problem.metadata["path"][0]))
+        return self._facts[problem.id]
 
     def paraphrase_step(self, problem: Problem, line: str, rng: random.Random) -> str:
         """`Every dak is a wum.` becomes `Each dak is a wum.` or `A dak is always a wum.`;
