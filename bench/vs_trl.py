@@ -19,8 +19,8 @@ left out of the means.
 `--sample-dtype bfloat16` makes our sampler run its matmuls from bfloat16 copies of the float32
 weights (`sampling.dtype: bfloat16`); `--learner-dtype bfloat16` runs our update's forward and
 backward under bfloat16 autocast (`learner.dtype: bfloat16`; weights, gradients and Adam state stay
-float32). `--trl-bf16` gives TRL its `bf16=True`: the same mixed precision for its generation and
-training.
+float32). `--trl-bf16` gives TRL its `bf16=True`: bfloat16 autocast over its generation and its
+training, float32 weights.
 
 Our learner skips episodes whose advantage is zero (a group that scored all alike carries no
 signal), and a random-init model scores 0 everywhere: the 'ours' row then times sampling only.
