@@ -102,9 +102,9 @@ class LlamaDecoder:
         shape = (len(self.core.layers), batch, self.kv_heads, max_len, self.head_dim)
         self.keys = torch.zeros(shape, dtype=stream, device=parameter.device)
         self.values = torch.zeros_like(self.keys)
-        self.key_mask = torch.zeros((batch, max_len), dtype=torch.bool, device=parameter.device)
-        # the additive key mask, one row per key/value head so one-token attention can take it
-        # as a batched matmul's input: [batch, kv_heads, 1, max_len]
+        # the key mask, additive (0 where a key may be seen, -inf where not), one row per
+        # key/value head so one-token attention can take it as a batched matmul's input:
+        # [batch, kv_heads, 1, max_len]
         self.bias = torch.full((batch, self.kv_heads, 1, max_len), float("-inf"), dtype=stream,
                                device=parameter.device)
         self.length = 0
@@ -141,12 +141,13 @@ class LlamaDecoder:
         if width == 1:
             hidden = hidden[:, 0]  # [B, H]: 2-D matmuls from here on
         cos, signed = self._rope(hidden, positions)
+        cos, signed = cos.to(dtype), signed.to(dtype)
         half = self.head_dim // 2
         if width == 1:
-            bias = self.bias[:, :1, :, :end]  # [B, 1, 1, end]: one additive mask for every layer
+            bias = self.bias[:, :1, :, :end].to(dtype)  # [B, 1, 1, end]: one additive mask for every layer
         else:
             causal = torch.ones((width, end), dtype=torch.bool, device=ids.device).tril(diagonal=start)
-            allowed = self.key_mask[:, None, None, :end] & causal
+            allowed = (self.bias[:, :1, :, :end] == 0) & causal
             # A padding query may see no key at all; letting it see itself keeps softmax finite.
             allowed[:, :, torch.arange(width), torch.arange(start, end)] = True
         q_heads, kv_heads = self.heads, self.kv_heads
@@ -156,7 +157,7 @@ class LlamaDecoder:
             qkv = _linear(x, *self.qkv[index]).view(batch, width, q_heads + 2 * kv_heads, self.head_dim)
             # q and k rotate together: they share the positions
             qk = qkv[:, :, : q_heads + kv_heads]
-            qk = qk * cos.to(dtype) + qk.roll(half, dims=-1) * signed.to(dtype)
+            qk = qk * cos + qk.roll(half, dims=-1) * signed
             q = qk[:, :, :q_heads].transpose(1, 2)
             k = qk[:, :, q_heads:].transpose(1, 2)
             v = qkv[:, :, q_heads + kv_heads:].transpose(1, 2)
@@ -164,7 +165,7 @@ class LlamaDecoder:
             self.values[index, :, :, start:end] = v
             keys, values = self.keys[index, :, :, :end].to(dtype), self.values[index, :, :, :end].to(dtype)
             if width == 1:
-                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(dtype), scale=self.scaling,
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scaling,
                                                      enable_gqa=self.heads != self.kv_heads)
             else:
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, scale=self.scaling,
@@ -215,19 +216,16 @@ class LlamaDecoder:
 
     def prefill(self, ids, mask, positions) -> torch.Tensor:
         width = ids.shape[1]
-        self.key_mask[:, :width] = mask.bool()
         self.bias[..., :width].masked_fill_(mask.bool()[:, None, None, :], 0.0)
         return self._forward(ids, positions)
 
     def step(self, token, live, position) -> torch.Tensor:
-        self.key_mask[:, self.length] = live
         self.bias[..., self.length] = torch.where(live, 0.0, float("-inf"))[:, None, None]
         return self._forward(token[:, None], position[:, None])
 
     def select(self, keep: torch.Tensor) -> None:
         self.keys = self.keys[:, keep]
         self.values = self.values[:, keep]
-        self.key_mask = self.key_mask[keep]
         self.bias = self.bias[keep]
 
 

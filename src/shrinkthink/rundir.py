@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -62,32 +62,32 @@ class RunDir:
 
     def save_policy(self, name: str, policy: Policy) -> Path:
         """A finished stage's policy, loadable with `Policy.load`."""
-        target = self.checkpoints / name
-        tmp = self.checkpoints / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        policy.save(tmp)
-        self._swap_in(tmp, target)
-        return target
+        return self._save_folder(name, policy.save)
 
     def save_adapter(self, name: str, policy: Policy) -> Path:
-        """A LoRA policy's adapter alone (`adapter_model.safetensors`), without the frozen base."""
-        target = self.checkpoints / name
-        tmp = self.checkpoints / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        policy.model.save_pretrained(tmp, safe_serialization=True)
-        self._swap_in(tmp, target)
-        return target
+        """A LoRA policy's adapter alone (peft's folder layout), without the frozen base."""
+        return self._save_folder(name, lambda tmp: policy.model.save_pretrained(tmp, safe_serialization=True))
 
     def save_latest(self, policy: Policy, trainer: dict[str, Any] | None, state: dict[str, Any]) -> None:
         """The resumable checkpoint: weights, the trainer's state (optimizer, schedule), and where
         the run stands."""
-        tmp = self.checkpoints / ".latest.tmp"
+        def write(tmp: Path) -> None:
+            policy.save(tmp)
+            if trainer is not None:
+                torch.save(trainer, tmp / "trainer.pt")
+            write_atomic(tmp / "state.json", json.dumps(state, indent=2))
+
+        self._save_folder("latest", write)
+
+    def _save_folder(self, name: str, write: Callable[[Path], None]) -> Path:
+        """`write` fills a fresh temporary folder, which then replaces checkpoints/<name>: a crash
+        part-way leaves the previous folder whole."""
+        target = self.checkpoints / name
+        tmp = self.checkpoints / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        policy.save(tmp)
-        if trainer is not None:
-            torch.save(trainer, tmp / "trainer.pt")
-        write_atomic(tmp / "state.json", json.dumps(state, indent=2))
-        self._swap_in(tmp, self.checkpoints / "latest")
+        write(tmp)
+        self._swap_in(tmp, target)
+        return target
 
     def _swap_in(self, tmp: Path, target: Path) -> None:
         old = target.with_name(f".{target.name}.old")

@@ -18,8 +18,6 @@ from shrinkthink.policy import Policy
 from shrinkthink.rundir import RunDir
 from shrinkthink.tasks.base import Task
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft's save_pretrained writes
-
 
 @dataclass
 class StageResult:
@@ -67,10 +65,10 @@ class StageContext:
                 self.run.save_adapter(folder.name, self.policy)  # the base is the checkpoints' own
             else:
                 self.run.save_policy(folder.name, self.policy)
-        elif lora and (folder / ADAPTER_WEIGHTS).is_file():
-            from peft import set_peft_model_state_dict
+        elif lora and (folder / "adapter_config.json").is_file():
+            from peft.utils import load_peft_weights, set_peft_model_state_dict
 
-            set_peft_model_state_dict(learner.reference, load_file(str(folder / ADAPTER_WEIGHTS)))
+            set_peft_model_state_dict(learner.reference, load_peft_weights(str(folder), device=str(self.policy.device)))
         elif not lora and (folder / "model.safetensors").is_file():
             load_weights(learner.reference, folder)
 
