@@ -242,3 +242,17 @@ def test_a_resumed_stage_keeps_its_kl_reference(config_path: Path, tmp_path: Pat
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
     kl = [r["learner_kl"] for r in metric_lines(tmp_path / "crashed") if r["stage"] == "climb" and "learner_kl" in r]
     assert kl and all(v >= 0 for v in kl)
+
+
+def test_draw_problems_splits_a_batch_into_current_replayed_and_lookahead_levels() -> None:
+    import random
+
+    from shrinkthink.records import Problem
+    from shrinkthink.stages.explore import draw_problems
+
+    pools = {lv: [Problem(id=f"{lv}-{i}", prompt="", answer="0", level=lv) for i in range(5)] for lv in (1, 2, 3, 4)}
+    drawn = Counter(p.level for p in draw_problems(pools, 3, 16, 0.25, random.Random(0), lookahead=0.25))
+    assert drawn[3] == 8 and drawn[4] == 4 and drawn[2] + drawn[1] == 4 and drawn[2] >= 2
+    # at the top level there is nothing to look ahead to: those problems stay at the current level
+    top = Counter(p.level for p in draw_problems(pools, 4, 16, 0.25, random.Random(0), lookahead=0.25))
+    assert top[4] == 12 and sum(top.values()) == 16

@@ -190,6 +190,7 @@ class ExploreStage(StageBase):
     max_level: int = Field(..., ge=1)
     promote_at: float = Field(0.8, ge=0, le=1, description="raise the level when held-out accuracy at the current one reaches this")
     replay: float = Field(0.25, ge=0, lt=1, description="share of each batch drawn from lower levels, so the climb does not erase them")
+    lookahead: float = Field(0.0, ge=0, lt=1, description="share of each batch drawn from the level above the current one (up to max_level), so the next climb starts before the promotion")
     dynamic_sampling: bool = Field(False, description="DAPO: resample problems whose group scored all alike (no signal)")
     criteria: list[Criterion] = Field(default_factory=list, description="reward terms on top of correctness from the first step: the ablation the method warns against (leave empty; tighten in a shrink stage)")
 
@@ -197,6 +198,8 @@ class ExploreStage(StageBase):
     def _levels(self):
         if self.max_level < self.start_level:
             raise ValueError(f"max_level ({self.max_level}) is below start_level ({self.start_level})")
+        if self.replay + self.lookahead >= 1:
+            raise ValueError(f"replay + lookahead ({self.replay} + {self.lookahead}) leaves no problems at the current level")
         return self
 
 

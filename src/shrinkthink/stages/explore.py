@@ -26,13 +26,15 @@ RESAMPLE_ROUNDS = 2  # dynamic sampling: extra rollouts to replace groups with n
 
 
 def draw_problems(pools: dict[int, list[Problem]], level: int, n: int, replay: float,
-                  rng: random.Random) -> list[Problem]:
-    """`n` problems at `level`, of which a `replay` share comes from the levels below it: half of
-    those from the level just mastered (the one a fresh climb most easily erases), the rest from
-    any lower level."""
+                  rng: random.Random, lookahead: float = 0.0) -> list[Problem]:
+    """`n` problems at `level`, of which a `replay` share comes from the levels below it (half of
+    those from the level just mastered, the one a fresh climb most easily erases; the rest from any
+    lower level) and a `lookahead` share from the level above it, when there is one."""
     lower = [lv for lv in pools if lv < level]
     replayed = round(n * replay) if lower else 0
-    drawn = [rng.choice(pools[level]) for _ in range(n - replayed)]
+    ahead = round(n * lookahead) if (level + 1) in pools else 0
+    drawn = [rng.choice(pools[level]) for _ in range(n - replayed - ahead)]
+    drawn += [rng.choice(pools[level + 1]) for _ in range(ahead)]
     for i in range(replayed):
         source = level - 1 if i % 2 == 0 and (level - 1) in pools else rng.choice(lower)
         drawn.append(rng.choice(pools[source]))
@@ -98,7 +100,7 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
         # str hashes change with each process (PYTHONHASHSEED): crc32 keeps a run reproducible
         # and a resumed step identical to the one that crashed
         torch.manual_seed(zlib.crc32(f"{seed}:{ctx.stage_name}:{step}".encode()))
-        problems = draw_problems(pools, level, stage.learner.problems_per_step, stage.replay, rng)
+        problems = draw_problems(pools, level, stage.learner.problems_per_step, stage.replay, rng, stage.lookahead)
         episodes, info = rollout(ctx, stage, problems)
         groups = [list(range(i * size, (i + 1) * size)) for i in range(len(problems))]
         zero_variance = sum(len({episodes[j].reward for j in g}) == 1 for g in groups) / len(groups)
@@ -108,7 +110,7 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
             if not flat:
                 break
             rounds += 1
-            extra, more = rollout(ctx, stage, draw_problems(pools, level, len(flat), stage.replay, rng))
+            extra, more = rollout(ctx, stage, draw_problems(pools, level, len(flat), stage.replay, rng, stage.lookahead))
             info = {k: info[k] + more[k] for k in info}
             keep = [g for g in groups if g not in flat]
             offset = len(episodes)
