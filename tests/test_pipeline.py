@@ -256,3 +256,6 @@ def test_draw_problems_splits_a_batch_into_current_replayed_and_lookahead_levels
     # at the top level there is nothing to look ahead to: those problems stay at the current level
     top = Counter(p.level for p in draw_problems(pools, 4, 16, 0.25, random.Random(0), lookahead=0.25))
     assert top[4] == 12 and sum(top.values()) == 16
+    # however the shares round, one problem stays at the current level
+    small = Counter(p.level for p in draw_problems(pools, 2, 3, 0.5, random.Random(0), lookahead=0.45))
+    assert small[2] >= 1 and sum(small.values()) == 3

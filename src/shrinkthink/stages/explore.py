@@ -32,7 +32,7 @@ def draw_problems(pools: dict[int, list[Problem]], level: int, n: int, replay: f
     lower level) and a `lookahead` share from the level above it, when there is one."""
     lower = [lv for lv in pools if lv < level]
     replayed = round(n * replay) if lower else 0
-    ahead = round(n * lookahead) if (level + 1) in pools else 0
+    ahead = min(round(n * lookahead), n - replayed - 1) if (level + 1) in pools else 0  # keep one at `level`
     drawn = [rng.choice(pools[level]) for _ in range(n - replayed - ahead)]
     drawn += [rng.choice(pools[level + 1]) for _ in range(ahead)]
     for i in range(replayed):
@@ -76,6 +76,12 @@ def batch_record(episodes: list[Episode], criteria, info: dict, sample_seconds: 
         "sample_seconds": sample_seconds,
         "tokens_per_s": info["tokens"] / max(sample_seconds, 1e-9),
     }
+
+
+def train_accuracy(episodes: list[Episode], level: int) -> float:
+    """The share of `level`'s sampled episodes that were verified correct."""
+    at = [e.components["correct"] for e in episodes if e.problem.level == level]
+    return sum(at) / max(1, len(at))
 
 
 def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
@@ -130,8 +136,8 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
         record = {
             "level": level,
             **batch_record(used, criteria, info, sample_seconds),
-            "train_accuracy_level": sum(e.components["correct"] for e in used if e.problem.level == level)
-            / max(1, sum(e.problem.level == level for e in used)),
+            "train_accuracy_level": train_accuracy(used, level),
+            **({"train_accuracy_ahead": train_accuracy(used, level + 1)} if stage.lookahead and level < stage.max_level else {}),
             "zero_variance_share": zero_variance,
             "resample_rounds": rounds,
             "seconds": seconds,
