@@ -259,3 +259,5 @@ def test_draw_problems_splits_a_batch_into_current_replayed_and_lookahead_levels
     # however the shares round, one problem stays at the current level
     small = Counter(p.level for p in draw_problems(pools, 2, 3, 0.5, random.Random(0), lookahead=0.45))
     assert small[2] >= 1 and sum(small.values()) == 3
+    for n in range(1, 6):  # never more problems than asked for
+        assert len(draw_problems(pools, 2, n, 0.6, random.Random(0), lookahead=0.3)) == n

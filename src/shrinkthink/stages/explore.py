@@ -32,7 +32,8 @@ def draw_problems(pools: dict[int, list[Problem]], level: int, n: int, replay: f
     lower level) and a `lookahead` share from the level above it, when there is one."""
     lower = [lv for lv in pools if lv < level]
     replayed = round(n * replay) if lower else 0
-    ahead = min(round(n * lookahead), n - replayed - 1) if (level + 1) in pools else 0  # keep one at `level`
+    # however the shares round, the lookahead never takes the last problem at `level`
+    ahead = max(0, min(round(n * lookahead), n - replayed - 1)) if (level + 1) in pools else 0
     drawn = [rng.choice(pools[level]) for _ in range(n - replayed - ahead)]
     drawn += [rng.choice(pools[level + 1]) for _ in range(ahead)]
     for i in range(replayed):
