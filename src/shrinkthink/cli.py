@@ -78,10 +78,8 @@ def _run(args) -> None:
         config = load_config(config_path, overrides)
     from shrinkthink.pipeline import format_table, run_pipeline
 
-    if args.resume:
-        summary = run_pipeline(config, run_dir=args.resume, resume=True, progress=not args.no_progress)
-    else:
-        summary = run_pipeline(config, run_dir=args.run_dir, progress=not args.no_progress)
+    summary = run_pipeline(config, run_dir=args.resume or args.run_dir, resume=bool(args.resume),
+                           progress=not args.no_progress)
     print(format_table(summary))
 
 
