@@ -1,6 +1,6 @@
 """The learners' math on hand-computed values: GRPO and RLOO advantages, the clipped token-level
-surrogate (both sides of the clip range, both signs of advantage), the k3 KL term, and the
-supervised cross-entropy."""
+surrogate (both sides of the clip range, both signs of advantage), the k3 KL term, the entropy
+bonus, and the supervised cross-entropy."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from shrinkthink.learners.batch import token_entropy
 from shrinkthink.learners.losses import (
     clipped_policy_loss,
     group_advantages,
@@ -118,6 +119,22 @@ def test_kl_adds_to_the_policy_term() -> None:
     loss, _ = clipped_policy_loss(new, old, torch.tensor([1.0]), mask, ref_logprobs=reference, kl_coef=0.5)
     q_over_p = 2 / 1.1
     assert loss.item() == pytest.approx(-1.1 + 0.5 * (q_over_p - math.log(q_over_p) - 1), abs=1e-5)
+
+
+def test_entropy_bonus_subtracts_the_token_mean_entropy() -> None:
+    # uniform over 4 entries: log 4 nats; one-hot: 0 nats; the padded position does not count
+    log_softmax = torch.log(torch.tensor([[[0.25] * 4, [1.0, 0.0, 0.0, 0.0], [0.25] * 4]]))
+    entropy = token_entropy(log_softmax)
+    assert entropy[0, 0].item() == pytest.approx(math.log(4))
+    assert entropy[0, 1].item() == pytest.approx(0.0)  # 0 * log 0 taken as 0, not nan
+    mask = torch.tensor([[1, 1, 0]], dtype=torch.bool)
+    logprobs = torch.zeros(1, 3)
+    zero = torch.zeros(1)  # no policy-gradient term: only the bonus remains
+    loss, stats = clipped_policy_loss(logprobs, logprobs, zero, mask, entropy=entropy, entropy_coef=0.1)
+    assert stats["entropy"] == pytest.approx(math.log(4) / 2)
+    assert loss.item() == pytest.approx(-0.1 * math.log(4) / 2)
+    loss, stats = clipped_policy_loss(logprobs, logprobs, zero, mask, entropy=entropy, entropy_coef=0.0)
+    assert loss.item() == 0.0 and "entropy" not in stats
 
 
 def test_token_cross_entropy_matches_torch_on_the_masked_positions() -> None:

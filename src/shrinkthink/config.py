@@ -74,6 +74,7 @@ class LearnerConfig(Strict):
     inner_epochs: int = Field(1, ge=1, description="passes over each rollout batch (ratio departs from 1 after the first)")
     minibatches: int = Field(1, ge=1)
     kl_coef: float = Field(0.0, ge=0, description="KL to the frozen stage-start policy (k3 estimator); 0 keeps no reference model")
+    entropy_coef: float = Field(0.0, ge=0, description="grpo, rloo: entropy bonus per token of the trained episodes (keeps a policy from collapsing to one answer a problem; 0: none)")
     max_grad_norm: float = Field(1.0, gt=0)
     winner_threshold: float = Field(1.0, description="expert_iteration: minimum reward a winner needs")
     dtype: Literal["model", "bfloat16"] = Field("model", description="the precision of the update's forward and backward: the policy's own, or bfloat16 autocast (mixed precision: weights, gradients and Adam state stay float32; faster on GPUs and on CPUs with AMX, slower on CPUs without bfloat16 units)")

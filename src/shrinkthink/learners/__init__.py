@@ -14,7 +14,14 @@ import copy
 import torch
 
 from shrinkthink.config import LearnerConfig
-from shrinkthink.learners.batch import completion_logits, completion_logprobs, pack
+from shrinkthink.learners.batch import (
+    completion_log_softmax,
+    completion_logits,
+    completion_logprobs,
+    pack,
+    token_entropy,
+    token_logprobs,
+)
 from shrinkthink.learners.losses import (
     clipped_policy_loss,
     group_advantages,
@@ -104,10 +111,13 @@ class Learner:
                     if self.reference is not None:
                         with torch.no_grad():
                             reference = completion_logprobs(self.reference, ids, attention, predictor, self.temperature)
-                    logprobs = completion_logprobs(model, ids, attention, predictor, self.temperature)
+                    log_softmax = completion_log_softmax(model, ids, attention, predictor, self.temperature)
+                logprobs = token_logprobs(log_softmax, ids, predictor)
+                entropy = token_entropy(log_softmax) if self.config.entropy_coef > 0 else None
                 adv = torch.tensor([a for _, a in chunk], device=mask.device)
                 loss, step_stats = clipped_policy_loss(
-                    logprobs, old, adv, mask, self.config.clip_low, self.config.clip_high, reference, self.config.kl_coef
+                    logprobs, old, adv, mask, self.config.clip_low, self.config.clip_high, reference, self.config.kl_coef,
+                    entropy, self.config.entropy_coef,
                 )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -118,7 +128,7 @@ class Learner:
                 stats["loss"] += loss.item()
                 for key, value in step_stats.items():
                     stats[key] = stats.get(key, 0.0) + value
-        for key in ("loss", "clip_fraction", "kl"):
+        for key in ("loss", "clip_fraction", "kl", "entropy"):
             if key in stats:
                 stats[key] /= updates
         return stats

@@ -33,8 +33,24 @@ def completion_logits(model, ids, attention, predictor) -> torch.Tensor:
     return logits.gather(1, (predictor - first).clamp(min=0)[:, :, None].expand(-1, -1, logits.shape[-1]))
 
 
+def completion_log_softmax(model, ids, attention, predictor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(every vocabulary entry) [B, C, V] at each completion position under `model` at
+    `temperature`."""
+    return torch.log_softmax(completion_logits(model, ids, attention, predictor).float() / temperature, dim=-1)
+
+
 def completion_logprobs(model, ids, attention, predictor, temperature: float = 1.0) -> torch.Tensor:
     """log p(token) [B, C] of each completion token under `model` at `temperature`."""
-    logits = completion_logits(model, ids, attention, predictor).float() / temperature
+    return token_logprobs(completion_log_softmax(model, ids, attention, predictor, temperature), ids, predictor)
+
+
+def token_logprobs(log_softmax: torch.Tensor, ids, predictor) -> torch.Tensor:
+    """The entries of `log_softmax` [B, C, V] at the completion tokens themselves: [B, C]."""
     targets = ids.gather(1, (predictor + 1).clamp(max=ids.shape[1] - 1))
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, :, None]).squeeze(-1)
+    return log_softmax.gather(-1, targets[:, :, None]).squeeze(-1)
+
+
+def token_entropy(log_softmax: torch.Tensor) -> torch.Tensor:
+    """The policy's entropy in nats at each completion position [B, C] (an entry of probability
+    0 adds 0, not 0 * -inf)."""
+    return -(log_softmax.exp() * log_softmax.clamp(min=torch.finfo(log_softmax.dtype).min)).sum(-1)

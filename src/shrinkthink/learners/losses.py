@@ -36,13 +36,17 @@ def clipped_policy_loss(
     clip_high: float = 0.2,
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped surrogate (Schulman et al. 2017) per token, averaged over all completion
     tokens of the batch (token-level loss, DAPO, Yu et al. 2025), so long completions are not
     down-weighted. Asymmetric clip range is DAPO's clip-higher. With `kl_coef`, adds the k3
-    estimator of KL(policy || reference) per token, as GRPO does.
+    estimator of KL(policy || reference) per token, as GRPO does. With `entropy_coef`, subtracts
+    that multiple of each token's entropy (an entropy bonus, as in PPO), which holds off the
+    collapse to a near-deterministic policy that leaves every group of samples alike.
 
-    logprobs, old_logprobs, ref_logprobs, mask: [B, T]; advantages: [B].
+    logprobs, old_logprobs, ref_logprobs, entropy, mask: [B, T]; advantages: [B].
     """
     mask = mask.to(logprobs.dtype)
     ratio = torch.exp(logprobs - old_logprobs)
@@ -57,6 +61,9 @@ def clipped_policy_loss(
         kl = torch.exp(log_ratio) - log_ratio - 1
         per_token = per_token + kl_coef * kl
         stats["kl"] = float((kl.detach() * mask).sum() / tokens)
+    if entropy is not None and entropy_coef > 0:
+        per_token = per_token - entropy_coef * entropy
+        stats["entropy"] = float((entropy.detach() * mask).sum() / tokens)
     loss = (per_token * mask).sum() / tokens
     return loss, stats
 

@@ -101,6 +101,7 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
     criteria = []
     bar = ctx.bar(stage.steps, start)
     stop_reason, step = "step budget", start
+    shown = "-"  # the last held-out accuracy, for the progress bar
     for step in range(start, stage.steps):
         began = time.time()
         rng = random.Random(f"{seed}:{ctx.stage_name}:{step}")
@@ -148,6 +149,7 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
         if done % stage.eval_every == 0 or done == stage.steps:
             evaluation = ctx.evaluate([level], stage.eval_problems, stage.sampling.max_new_tokens)
             accuracy = evaluation.accuracy
+            shown = f"{accuracy:.2f}"
             record |= {"accuracy": accuracy, f"accuracy_level_{level}": accuracy,
                        "eval_reasoning_tokens": evaluation.mean_reasoning_tokens}
             if accuracy >= stage.promote_at and level < stage.max_level:
@@ -156,7 +158,7 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
             elif level == stage.max_level and stage.gate.accuracy is not None and accuracy >= stage.gate.accuracy:
                 stop_reason = f"gate: accuracy {accuracy:.2f} at level {level}"
         ctx.log(done, **record)
-        bar.set_postfix(level=level, reward=f"{record['reward']:.2f}", acc=f"{record.get('accuracy', float('nan')):.2f}")
+        bar.set_postfix(level=level, reward=f"{record['reward']:.2f}", acc=shown)
         bar.update(1)
         if done % stage.checkpoint_every == 0 and done < stage.steps:
             ctx.checkpoint(done, learner.state_dict(), {"level": level, "reference_tokens": reference_tokens})

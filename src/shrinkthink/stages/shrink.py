@@ -98,6 +98,7 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
     size = stage.learner.group_size
     step = start
     stop_reason = "step budget"
+    shown = "-"  # the last held-out accuracy, for the progress bar
     for step in range(start, stage.steps):
         began = time.time()
         rng = random.Random(f"{seed}:{ctx.stage_name}:{step}")
@@ -118,6 +119,7 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
         if done % stage.eval_every == 0 or done == stage.steps:
             evaluation = ctx.evaluate(levels, stage.eval_problems, max_new)
             accuracy = evaluation.accuracy
+            shown = f"{accuracy:.2f}"
             record |= {"accuracy": accuracy, "eval_reasoning_tokens": evaluation.mean_reasoning_tokens,
                        "eval_digression_share": evaluation.digression_share,
                        **{f"accuracy_level_{k}": v for k, v in evaluation.accuracy_by_level.items()}}
@@ -142,7 +144,7 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
         record |= {k: v for c in criteria for k, v in c.state().items()}  # after this step's round
         ctx.log(done, **record)
         bar.set_postfix(reward=f"{record['reward']:.2f}", tok=f"{record['mean_reasoning_tokens']:.1f}",
-                        acc=f"{record.get('accuracy', float('nan')):.2f}")
+                        acc=shown)
         bar.update(1)
         if done % stage.checkpoint_every == 0 and done < stage.steps:
             trainer = {}
