@@ -105,6 +105,20 @@ def test_classify_steps_recovers_injected_lines(key: str, level: int) -> None:
     assert injected_total > 0
 
 
+@pytest.mark.parametrize(("key", "level"), CASES)
+def test_recheck_habit_follows_every_gold_step_and_counts_as_digression(key: str, level: int) -> None:
+    task = BUILTINS[key]
+    for seed, problem in enumerate(sample(task, level)):
+        demo = task.demonstration(problem, random.Random(seed), 0.0, recheck=True)
+        steps = problem.steps or []
+        assert demo.split("\n")[:-1] == [line for step in steps for line in (step, "check " + step)]
+        assert task.score(problem, demo) == 1.0
+        classified = task.classify_steps(problem, demo)
+        assert [necessary for _, necessary in classified] == [True, False] * len(steps)
+        if task.has_step_checker:  # a re-check is not a step: "solve it the right way" rejects it
+            assert [ok for _, ok in task.check_steps(problem, demo)] == [True, False] * len(steps)
+
+
 def test_repeated_gold_steps_are_not_mistaken_for_digressions() -> None:
     # With zeros, refer steps repeat ("5+0=5" twice); a repeated step injected between the two
     # copies must still count as the digression.

@@ -178,6 +178,7 @@ class WarmStartStage(StageBase):
     kind: Literal["warmstart"]
     levels: list[int] = Field(..., min_length=1, description="levels the demonstrations cover (the lowest ones)")
     digression_rate: float = Field(0.3, ge=0, le=1, description="chance of a digression after each gold step")
+    recheck: float = Field(0.0, ge=0, le=1, description="share of demonstrations with the re-check habit: every gold step followed by `check <step>` (greedy decoding keeps a habit, where it skips chance digressions)")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)
     warmup_steps: int = Field(20, ge=0)

@@ -36,7 +36,8 @@ def run(ctx: StageContext, stage: WarmStartStage) -> StageResult:
     if ctx.resume_state:
         start = ctx.resume_state["stage_step"]
         optimizer.load_state_dict(ctx.resume_state["trainer"]["optimizer"])
-    max_new = max(len(policy.completion_ids(task.demonstration(p, random.Random(0), stage.digression_rate)))
+    habit = stage.recheck > 0
+    max_new = max(len(policy.completion_ids(task.demonstration(p, random.Random(0), stage.digression_rate, habit)))
                   for p in pool[:: max(1, len(pool) // 200)]) * 2
     bar = ctx.bar(stage.steps, start)
     stop_reason = "step budget"
@@ -48,7 +49,10 @@ def run(ctx: StageContext, stage: WarmStartStage) -> StageResult:
             group["lr"] = stage.lr * warmup_cosine(step, stage.steps, stage.warmup_steps)
         batch = [rng.choice(pool) for _ in range(stage.batch_size)]
         prompts = [policy.prompt_ids(p.prompt) for p in batch]
-        targets = [policy.completion_ids(task.demonstration(p, rng, stage.digression_rate)) for p in batch]
+        # no draw for the habit unless it is on: the default stream stays what it was
+        targets = [policy.completion_ids(task.demonstration(p, rng, stage.digression_rate,
+                                                            stage.recheck > 0 and rng.random() < stage.recheck))
+                   for p in batch]
         policy.model.train()
         loss = supervised_step(policy, optimizer, prompts, targets)
         seconds = time.time() - began

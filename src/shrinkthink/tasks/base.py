@@ -18,6 +18,7 @@ from shrinkthink.verify import extract_answer
 
 Split = Literal["train", "test"]
 ANSWER_PREFIX = "Answer: "
+RECHECK_PREFIX = "check "  # a re-check line: `check 12+7=19`
 
 
 def split_of(prompt: str, heldout_fraction: float) -> Split:
@@ -105,11 +106,14 @@ class Task(ABC):
         return float(answer is not None and self.is_correct(problem, answer))
 
     # --- ground truth for shrinking (built-in tasks) --------------------------------------
-    def demonstration(self, problem: Problem, rng: random.Random, digression_rate: float) -> str:
+    def demonstration(self, problem: Problem, rng: random.Random, digression_rate: float,
+                      recheck: bool = False) -> str:
         """A transcript that solves `problem`, with digressions injected: after each gold step,
         lines of `digression(...)` while a coin with `digression_rate` comes up heads (so
-        rate/(1-rate) lines per step on average). Tasks without gold steps return the bare answer
-        line."""
+        rate/(1-rate) lines per step on average). With `recheck`, every gold step is first
+        followed by `check <the step>`: a habit, where the coin's digressions are chance, so a
+        model trained on it yaps even when decoded greedily. Tasks without gold steps return the
+        bare answer line."""
         if not 0.0 <= digression_rate < 1.0:
             raise ValueError(f"digression_rate must be in [0, 1), got {digression_rate}")
         if not problem.steps:
@@ -117,6 +121,8 @@ class Task(ABC):
         lines: list[str] = []
         for i, step in enumerate(problem.steps):
             lines.append(step)
+            if recheck:
+                lines.append(RECHECK_PREFIX + step)
             while rng.random() < digression_rate:
                 lines.append(self._safe_digression(problem, i, rng))
         return "\n".join([*lines, ANSWER_PREFIX + problem.answer])
@@ -140,7 +146,7 @@ class Task(ABC):
         if kind == 0 and steps:
             return steps[step_index]
         if kind == 1 and steps:
-            return "check " + steps[rng.randrange(step_index + 1)]
+            return RECHECK_PREFIX + steps[rng.randrange(step_index + 1)]
         return rng.choice(["hmm", "let me see", "ok", "wait", "so far so good"])
 
     def canonical_step(self, problem: Problem, line: str) -> str:
