@@ -131,6 +131,22 @@ def test_step_validity_gates_correctness() -> None:
     assert [e.reward for e in episodes] == [1.0, 0.0]
 
 
+def test_graded_step_validity_counts_the_share_of_valid_lines() -> None:
+    task = make_task("arith")
+    problem = task.generate(2, random.Random(1))  # three terms: two gold steps
+    answer = "\nAnswer: " + problem.answer
+    clean = "\n".join(problem.steps) + answer
+    rechecked = "\n".join(line for step in problem.steps for line in (step, "check " + step)) + answer
+    one_check = problem.steps[0] + "\n" + "\n".join(problem.steps) + answer  # a repeat is a valid step
+    one_check = one_check.replace(problem.steps[0] + "\n", "check " + problem.steps[0] + "\n", 1)
+    wrong = "\n".join(problem.steps) + "\nAnswer: 0"
+    episodes = [episode(1.0, 5, clean), episode(1.0, 9, rechecked), episode(1.0, 7, one_check), episode(0.0, 5, wrong)]
+    for e in episodes:
+        e.problem = problem
+    apply_criteria([StepValidity(task, graded=True)], Batch(episodes, [[0, 1, 2, 3]], task, 1.0))
+    assert [e.reward for e in episodes] == pytest.approx([1.0, 0.5, 2 / 3, 0.0])
+
+
 def test_step_validity_needs_a_task_with_a_checker(tmp_path: Path) -> None:
     data = tmp_path / "qa.jsonl"
     data.write_text('{"question": "2+2?", "answer": "4"}\n')

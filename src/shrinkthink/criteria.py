@@ -188,17 +188,27 @@ def overlong_penalty(length: int, max_tokens: int, cache_tokens: int) -> float:
 
 class StepValidity(Criterion):
     """Strict: correctness counts only when every reasoning line is a valid step by the task's
-    own step checker (no filler, no false statements)."""
+    own step checker (no filler, no false statements). `graded`: correctness counts in
+    proportion to the share of valid lines, so that a policy whose every transcript has some
+    invalid lines (a habit) still sees which of its samples have fewer."""
 
     name = "step_validity"
     gate = True
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, graded: bool = False) -> None:
         if not task.has_step_checker:
             raise UserError(f"criterion step_validity: task {task.name} has no step checker")
+        self.graded = graded
 
     def __call__(self, batch: Batch) -> list[float]:
-        return [float(all(ok for _, ok in batch.task.check_steps(e.problem, e.text))) for e in batch.episodes]
+        values = []
+        for e in batch.episodes:
+            valid = [ok for _, ok in batch.task.check_steps(e.problem, e.text)]
+            if self.graded:
+                values.append(sum(valid) / len(valid) if valid else 1.0)
+            else:
+                values.append(float(all(valid)))
+        return values
 
 
 class Format(Criterion):
@@ -311,7 +321,7 @@ def build_criteria(configs: list, task: Task, tolerance: float, reference_tokens
         elif c.name == "overlong":
             built.append(Overlong(c.max_tokens, c.cache_tokens))
         elif c.name == "step_validity":
-            built.append(StepValidity(task))
+            built.append(StepValidity(task, c.graded))
         elif c.name == "format":
             built.append(Format(c.line_pattern))
         elif c.name == "lean":
