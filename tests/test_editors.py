@@ -37,6 +37,18 @@ class ScriptedPolicy:
     def decode(self, ids) -> str:
         return "".join(map(chr, ids))
 
+    def logprobs(self, prompts, completions) -> list[list[float]]:
+        """A line is predictable (log p 0 a token) when the number it builds on, a step's left
+        operand or the answer, is already in the reasoning before it (or, for a first step, the
+        question's first term); otherwise -5 a token."""
+        out = []
+        for prompt_ids, ids in zip(prompts, completions):
+            question, _, prefix = "".join(map(chr, prompt_ids)).partition("\n")
+            line = "".join(map(chr, ids))
+            known = set(re.findall(r"\d+", prefix)) | {re.findall(r"\d+", question)[0]}
+            out.append([0.0 if re.findall(r"\d+", line)[0] in known else -5.0] * len(ids))
+        return out
+
     def count_tokens(self, text: str) -> int:
         return len(text)
 
@@ -77,6 +89,26 @@ def test_ablation_critic_removes_digressions_and_keeps_necessary_steps() -> None
     assert edit.after == "\n".join(s) + "\nAnswer: " + problem.answer
     assert all(necessary for _, necessary in TASK.classify_steps(problem, edit.after))
     assert edit.checks >= len(s) and edit.forward_passes > edit.checks
+
+
+def test_keep_rest_critic_removes_a_re_check_habit_and_keeps_the_steps() -> None:
+    """The regenerating critic cannot remove a habit the policy writes again; deleting one line at
+    a time from the end, with the next line's likelihood as the guard, removes every re-check and
+    keeps every step a later line builds on."""
+    problem = setup_problem(level=3, seed=4)
+    habit = "\n".join(line for step in problem.steps for line in (step, "check " + step))
+    transcript = habit + "\nAnswer: " + problem.answer
+
+    def habitual(prompt: str, prefix: str) -> str:  # rewrites the habit from any prefix
+        return "" if prefix.endswith("Answer: ") else transcript[len(prefix):]
+
+    [edit] = AblationCritic(spans=False).edit(ScriptedPolicy(habitual), TASK, [(problem, transcript)], 64)
+    assert edit.after == transcript  # regenerate mode: the habit comes back
+    # after `Answer: `, answers with the last number written: right only while the last step is there
+    last_number = ScriptedPolicy(lambda prompt, prefix: re.findall(r"\d+", prefix)[-1])
+    [edit] = AblationCritic(mode="keep_rest").edit(last_number, TASK, [(problem, transcript)], 64)
+    assert edit.after == "\n".join(problem.steps) + "\nAnswer: " + problem.answer
+    assert edit.checks == 2 * len(problem.steps) and edit.forward_passes > edit.checks
 
 
 def test_ablation_critic_spans_keep_only_each_steps_result() -> None:

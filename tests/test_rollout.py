@@ -135,6 +135,18 @@ def test_sampled_logprobs_survive_compaction(policy: Policy, monkeypatch) -> Non
         assert torch.allclose(torch.tensor(logprobs), torch.tensor(expected), atol=1e-4)
 
 
+def test_policy_logprobs_teacher_forced_equal_the_samplers(policy: Policy) -> None:
+    """`Policy.logprobs` (the critic's likelihood guard) scores given completions the way the
+    sampler scored the tokens it drew."""
+    prompts = [policy.prompt_ids(q) for q in ("12+7=?", "3+4+5=?", "1=?")]
+    torch.manual_seed(0)
+    samples = policy.sample(prompts, max_new_tokens=10)
+    scored = policy.logprobs(prompts, samples.completion_ids, batch_size=2)  # two batches
+    assert [len(row) for row in scored] == [len(ids) for ids in samples.completion_ids]
+    for got, expected in zip(scored, samples.logprobs):
+        assert torch.allclose(torch.tensor(got), torch.tensor(expected), atol=1e-4)
+
+
 def test_top_p_keeps_the_minimal_nucleus() -> None:
     probs = torch.tensor([[0.15, 0.5, 0.05, 0.3], [0.25, 0.25, 0.25, 0.25]])
     logits = probs.log()

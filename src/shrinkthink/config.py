@@ -115,6 +115,7 @@ class OverlongCriterion(Strict):
 
 class StepValidityCriterion(Strict):
     name: Literal["step_validity"]
+    graded: bool = Field(False, description="correctness counts in proportion to the share of valid lines, instead of only when all are valid")
 
 
 class FormatCriterion(Strict):
@@ -141,8 +142,10 @@ Criterion = Annotated[
 # --- editors: rewrite winners into training targets (editors/) -------------------------------
 class AblationCriticEditor(Strict):
     name: Literal["ablation_critic"]
-    spans: bool = Field(True, description="also try deleting the derivation before a step's result (a+b=c -> c)")
+    spans: bool = Field(True, description="regenerate mode: also try deleting the derivation before a step's result (a+b=c -> c)")
     max_checks: int = Field(64, ge=1, description="at most this many verification rollouts per transcript")
+    mode: Literal["regenerate", "keep_rest"] = Field("regenerate", description="regenerate: delete a line and what follows, the policy writes the rest again (a habit comes back); keep_rest: delete the line alone, last line first, kept when the answer still verifies and the next line stays as likely")
+    max_surprise: float = Field(1.0, ge=0, description="keep_rest: how much less likely (nats a token) the next line may become without the deleted one")
 
 
 class LLMCriticEditor(Strict):

@@ -121,6 +121,20 @@ class Policy:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids) if text else 0
 
+    @torch.no_grad()
+    def logprobs(self, prompts: list[list[int]], completions: list[list[int]], batch_size: int = 64) -> list[list[float]]:
+        """Teacher-forced log p(token) of each completion token after its prompt."""
+        from shrinkthink.learners.batch import completion_logprobs, pack
+
+        self.model.eval()
+        out: list[list[float]] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = slice(start, start + batch_size)
+            ids, attention, predictor, mask = pack(prompts[chunk], completions[chunk], self.pad_id, self.device)
+            values = completion_logprobs(self.model, ids, attention, predictor).tolist()
+            out += [row[: len(c)] for row, c in zip(values, completions[chunk])]
+        return out
+
     # --- sampling -----------------------------------------------------------------------
     @property
     def latent_steps(self) -> int:

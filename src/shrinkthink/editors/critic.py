@@ -15,7 +15,7 @@ import re
 from shrinkthink.editors import Edit, Editor, continue_and_verify, prefix_text, reasoning_lines
 from shrinkthink.policy import Policy
 from shrinkthink.records import Problem
-from shrinkthink.tasks.base import Task, reasoning_part
+from shrinkthink.tasks.base import ANSWER_PREFIX, Task, reasoning_part
 
 
 def span_variant(line: str) -> str | None:
@@ -28,13 +28,26 @@ def span_variant(line: str) -> str | None:
 
 
 class AblationCritic(Editor):
+    """Two ways to test a deletion. `regenerate` (the default): delete the line and everything
+    after it, and let the policy write the rest again; it keeps what the policy can do without.
+    But a policy with a habit writes the deleted line again, so a habit never goes. `keep_rest`:
+    delete the line alone, walking from the last line back; keep the deletion when the policy,
+    given the edited reasoning and `Answer: `, still answers right, and when the line after it
+    stays as likely (teacher-forced, its first token aside) as with the line there, within
+    `max_surprise` nats a token: a line whose content the next one builds on is kept."""
+
     name = "ablation_critic"
 
-    def __init__(self, spans: bool = True, max_checks: int = 64) -> None:
+    def __init__(self, spans: bool = True, max_checks: int = 64, mode: str = "regenerate",
+                 max_surprise: float = 1.0) -> None:
         self.spans = spans
         self.max_checks = max_checks
+        self.mode = mode
+        self.max_surprise = max_surprise
 
     def edit(self, policy: Policy, task: Task, items: list[tuple[Problem, str]], max_new_tokens: int) -> list[Edit]:
+        if self.mode == "keep_rest":
+            return self._keep_rest(policy, task, items, max_new_tokens)
         edits = [Edit(problem, text, text) for problem, text in items]
         lines = [reasoning_lines(text) for _, text in items]
         position = [0] * len(items)
@@ -70,6 +83,38 @@ class AblationCritic(Editor):
                     position[k] += 1 if kind == "span" else 0
                 else:
                     position[k] += 1
+        return edits
+
+    def _keep_rest(self, policy: Policy, task: Task, items: list[tuple[Problem, str]], max_new_tokens: int) -> list[Edit]:
+        edits = [Edit(problem, text, text) for problem, text in items]
+        lines = [reasoning_lines(text) for _, text in items]
+        answers = [ANSWER_PREFIX + (task.extract(text) or "") for _, text in items]
+        position = [len(item_lines) - 1 for item_lines in lines]
+        while True:
+            candidates = [k for k, edit in enumerate(edits) if position[k] >= 0 and edit.checks < self.max_checks]
+            if not candidates:
+                break
+            kept = {k: lines[k][: position[k]] + lines[k][position[k] + 1 :] for k in candidates}
+            results = continue_and_verify(policy, task, [edits[k].problem for k in candidates],
+                                          [prefix_text(kept[k]) + ANSWER_PREFIX for k in candidates], max_new_tokens)
+            # the line after the deleted one (or the answer line), after the reasoning with and without it
+            following = {k: (lines[k] + [answers[k]])[position[k] + 1] for k in candidates}
+            prompts, completions = [], []
+            for k in candidates:
+                prompt = policy.prompt_ids(edits[k].problem.prompt)
+                for before in (lines[k][: position[k] + 1], lines[k][: position[k]]):
+                    prompts.append(prompt + policy.tokenizer(prefix_text(before), add_special_tokens=False).input_ids)
+                    completions.append(policy.tokenizer(following[k], add_special_tokens=False).input_ids)
+            scores = policy.logprobs(prompts, completions)
+            for j, (k, result) in enumerate(zip(candidates, results)):
+                edits[k].checks += 1
+                edits[k].forward_passes += result.forward_passes + 2
+                with_line, without = scores[2 * j][1:], scores[2 * j + 1][1:]
+                surprise = (sum(with_line) - sum(without)) / max(1, len(with_line))
+                if result.correct and surprise <= self.max_surprise:
+                    lines[k] = kept[k]
+                    edits[k].after = prefix_text(kept[k]) + answers[k]
+                position[k] -= 1
         return edits
 
 
