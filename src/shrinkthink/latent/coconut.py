@@ -100,14 +100,14 @@ def pad_aligned(rows: list[list[int]], masks: list[list[bool]], anchor: list[int
     k-th thought of every row then shares a column and a batch needs max(n)+1 passes, not more.
     Returns ids, attention mask, loss mask [B, T]."""
     left = [max(anchor) - a for a in anchor]
-    width = max(l + len(r) for l, r in zip(left, rows))
+    width = max(shift + len(row) for shift, row in zip(left, rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (l, row, mask) in enumerate(zip(left, rows, masks)):
-        ids[i, l : l + len(row)] = torch.tensor(row)
-        attention[i, l : l + len(row)] = 1
-        loss_mask[i, l : l + len(row)] = torch.tensor(mask, dtype=torch.bool)
+    for i, (shift, row, mask) in enumerate(zip(left, rows, masks)):
+        ids[i, shift : shift + len(row)] = torch.tensor(row)
+        attention[i, shift : shift + len(row)] = 1
+        loss_mask[i, shift : shift + len(row)] = torch.tensor(mask, dtype=torch.bool)
     return ids, attention, loss_mask
 
 
