@@ -123,14 +123,16 @@ class Policy:
 
     @torch.no_grad()
     def logprobs(self, prompts: list[list[int]], completions: list[list[int]], batch_size: int = 64) -> list[list[float]]:
-        """Teacher-forced log p(token) of each completion token after its prompt."""
+        """Teacher-forced log p(token) of each completion token after its prompt (the ablation
+        critic's likelihood guard). Leaves the model in eval mode."""
+        # imported here: the learners package imports this module
         from shrinkthink.learners.batch import completion_logprobs, pack
 
         self.model.eval()
         out: list[list[float]] = []
         for start in range(0, len(prompts), batch_size):
             chunk = slice(start, start + batch_size)
-            ids, attention, predictor, mask = pack(prompts[chunk], completions[chunk], self.pad_id, self.device)
+            ids, attention, predictor, _ = pack(prompts[chunk], completions[chunk], self.pad_id, self.device)
             values = completion_logprobs(self.model, ids, attention, predictor).tolist()
             out += [row[: len(c)] for row, c in zip(values, completions[chunk])]
         return out
