@@ -137,8 +137,7 @@ def test_graded_step_validity_counts_the_share_of_valid_lines() -> None:
     answer = "\nAnswer: " + problem.answer
     clean = "\n".join(problem.steps) + answer
     rechecked = "\n".join(line for step in problem.steps for line in (step, "check " + step)) + answer
-    one_check = problem.steps[0] + "\n" + "\n".join(problem.steps) + answer  # a repeat is a valid step
-    one_check = one_check.replace(problem.steps[0] + "\n", "check " + problem.steps[0] + "\n", 1)
+    one_check = "check " + problem.steps[0] + "\n" + clean  # one invalid line of three
     wrong = "\n".join(problem.steps) + "\nAnswer: 0"
     episodes = [episode(1.0, 5, clean), episode(1.0, 9, rechecked), episode(1.0, 7, one_check), episode(0.0, 5, wrong)]
     for e in episodes:
