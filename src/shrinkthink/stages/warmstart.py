@@ -51,7 +51,7 @@ def run(ctx: StageContext, stage: WarmStartStage) -> StageResult:
         prompts = [policy.prompt_ids(p.prompt) for p in batch]
         # no draw for the habit unless it is on: the default stream stays what it was
         targets = [policy.completion_ids(task.demonstration(p, rng, stage.digression_rate,
-                                                            stage.recheck > 0 and rng.random() < stage.recheck))
+                                                            habit and rng.random() < stage.recheck))
                    for p in batch]
         policy.model.train()
         loss = supervised_step(policy, optimizer, prompts, targets)
