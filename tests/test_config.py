@@ -92,6 +92,7 @@ def test_unknown_field_names_its_path(small: Path, override: str, field: str) ->
     ("model.depth=0", "model.depth", "greater than or equal to 1"),
     ("stages.0.levels=3", "stages.0.levels", "list"),
     ("stages.1.learner.name=ppo", "stages.1.learner.name", "grpo"),
+    ("stages.0.random_positions=0", "stages.0.random_positions", "greater than 0"),
 ])
 def test_wrong_type_names_the_field(small: Path, override: str, field: str, words: str) -> None:
     message = error_of(small, override)

@@ -19,6 +19,7 @@ from shrinkthink.learners.batch import (
     completion_logits,
     completion_logprobs,
     pack,
+    random_positions,
     token_entropy,
     token_logprobs,
 )
@@ -33,10 +34,14 @@ from shrinkthink.records import Episode
 
 
 def supervised_step(policy: Policy, optimizer, prompts: list[list[int]], targets: list[list[int]],
-                    max_grad_norm: float = 1.0) -> float:
-    """One fine-tuning step on (prompt, target completion) pairs; loss on the completion only."""
+                    max_grad_norm: float = 1.0, position_span: float | None = None,
+                    generator: torch.Generator | None = None) -> float:
+    """One fine-tuning step on (prompt, target completion) pairs; loss on the completion only.
+    `position_span`: randomised positions on [0, span) (`batch.random_positions`), drawn from
+    `generator`."""
     ids, attention, predictor, mask = pack(prompts, targets, policy.pad_id, policy.device)
-    logits = completion_logits(policy.model, ids, attention, predictor)
+    positions = None if position_span is None else random_positions(attention, position_span, generator)
+    logits = completion_logits(policy.model, ids, attention, predictor, positions)
     target_ids = ids.gather(1, (predictor + 1).clamp(max=ids.shape[1] - 1))
     loss = token_cross_entropy(logits.float(), target_ids, mask)
     optimizer.zero_grad(set_to_none=True)

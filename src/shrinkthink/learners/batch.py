@@ -24,12 +24,27 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int, de
     return ids.to(device), attention.to(device), predictor.to(device), completion_mask.to(device)
 
 
-def completion_logits(model, ids, attention, predictor) -> torch.Tensor:
+def random_positions(attention: torch.Tensor, span: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Randomised positions (Ruoss et al. 2023, arXiv 2305.16843): each row's real tokens get
+    sorted uniform draws on [0, span) instead of 0, 1, 2, ... [B, T] floats. A model trained on
+    them has seen every gap up to `span`, so a longer sequence decoded at 0, 1, 2, ... puts no
+    token at a distance it never saw; with the usual positions a small model trained on short
+    transcripts fails where a longer one goes past them. Padding follows at span, span + 1, ..."""
+    width = attention.shape[1]
+    draws = (torch.rand(attention.shape, generator=generator) * span).to(attention.device)  # a CPU generator
+    draws = draws.masked_fill(attention == 0, float("inf")).sort(dim=1).values
+    after = span + torch.arange(width, dtype=draws.dtype, device=draws.device)
+    return torch.where(attention == 1, draws, after)
+
+
+def completion_logits(model, ids, attention, predictor, positions=None) -> torch.Tensor:
     """Logits [B, C, V] at the positions that predict each completion token. The output layer
     runs only from the first such position on (`logits_to_keep`): over a large vocabulary it is a
-    fifth of a small model's work, and the prompt's logits are never used."""
+    fifth of a small model's work, and the prompt's logits are never used. `positions`: position
+    ids [B, T] (default: 0, 1, 2, ... from each row's first token)."""
     first = int(predictor[:, 0].min())  # padded entries are 0: never past a real one
-    logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=ids.shape[1] - first).logits
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                   logits_to_keep=ids.shape[1] - first).logits
     return logits.gather(1, (predictor - first).clamp(min=0)[:, :, None].expand(-1, -1, logits.shape[-1]))
 
 

@@ -11,6 +11,7 @@ import math
 import random
 import time
 
+import torch
 
 from shrinkthink.config import WarmStartStage
 from shrinkthink.learners import make_optimizer, supervised_step
@@ -54,7 +55,11 @@ def run(ctx: StageContext, stage: WarmStartStage) -> StageResult:
                                                             habit and rng.random() < stage.recheck))
                    for p in batch]
         policy.model.train()
-        loss = supervised_step(policy, optimizer, prompts, targets)
+        generator = None
+        if stage.random_positions is not None:  # no draw otherwise: the default stream stays what it was
+            generator = torch.Generator().manual_seed(rng.getrandbits(63))
+        loss = supervised_step(policy, optimizer, prompts, targets, position_span=stage.random_positions,
+                               generator=generator)
         seconds = time.time() - began
         tokens = sum(len(t) for t in targets)
         record = {"loss": loss, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
