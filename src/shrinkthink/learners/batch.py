@@ -27,13 +27,16 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int, de
 def random_positions(attention: torch.Tensor, span: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Randomised positions (Ruoss et al. 2023, arXiv 2305.16843): each row's real tokens get
     sorted uniform draws on [0, span) instead of 0, 1, 2, ... [B, T] floats. A model trained on
-    them has seen every gap up to `span`, so a longer sequence decoded at 0, 1, 2, ... puts no
-    token at a distance it never saw; with the usual positions a small model trained on short
-    transcripts fails where a longer one goes past them. Padding follows at span, span + 1, ..."""
+    them has seen every distance up to `span`, so a longer sequence decoded at 0, 1, 2, ... puts
+    no two tokens further apart than it has seen. Padding follows at span, span + 1, ...
+
+    (Drawing each row's range between its length and `span` instead, so that short rows also see
+    the unit gaps of decoding, fitted the demonstrated levels better in the quickstart but carried
+    less to the longer ones: docs/results.md.)"""
     width = attention.shape[1]
     draws = (torch.rand(attention.shape, generator=generator) * span).to(attention.device)  # a CPU generator
     draws = draws.masked_fill(attention == 0, float("inf")).sort(dim=1).values
-    after = span + torch.arange(width, dtype=draws.dtype, device=draws.device)
+    after = max(span, width) + torch.arange(width, dtype=draws.dtype, device=draws.device)
     return torch.where(attention == 1, draws, after)
 
 
