@@ -79,7 +79,9 @@ def main() -> int:
         run_pipeline(base_config, run_dir=str(base), progress=False)
     warm_checkpoint = base / "checkpoints" / stages["warmstart"]["name"]
     explore_checkpoint = base / "checkpoints" / stages["explore"]["name"]
-    explored = json.loads((base / "summary.json").read_text())["stages"][-1]
+    # the base run's explore stage (a whole quickstart run has shrink and latent stages after it)
+    explored = next(s for s in json.loads((base / "summary.json").read_text())["stages"]
+                    if s["name"] == stages["explore"]["name"])
 
     rows = []
     lambda_after_ramp = None
