@@ -89,6 +89,7 @@ class AblationCritic(Editor):
         edits = [Edit(problem, text, text) for problem, text in items]
         lines = [reasoning_lines(text) for _, text in items]
         answers = [ANSWER_PREFIX + (task.extract(text) or "") for _, text in items]
+        prompt_ids = [policy.prompt_ids(problem.prompt) for problem, _ in items]
         position = [len(item_lines) - 1 for item_lines in lines]
         while True:
             candidates = [k for k, edit in enumerate(edits) if position[k] >= 0 and edit.checks < self.max_checks]
@@ -101,10 +102,10 @@ class AblationCritic(Editor):
             following = {k: (lines[k] + [answers[k]])[position[k] + 1] for k in candidates}
             prompts, completions = [], []
             for k in candidates:
-                prompt = policy.prompt_ids(edits[k].problem.prompt)
+                following_ids = policy.tokenizer(following[k], add_special_tokens=False).input_ids
                 for before in (lines[k][: position[k] + 1], lines[k][: position[k]]):
-                    prompts.append(prompt + policy.tokenizer(prefix_text(before), add_special_tokens=False).input_ids)
-                    completions.append(policy.tokenizer(following[k], add_special_tokens=False).input_ids)
+                    prompts.append(prompt_ids[k] + policy.tokenizer(prefix_text(before), add_special_tokens=False).input_ids)
+                    completions.append(following_ids)
             scores = policy.logprobs(prompts, completions)
             for j, (k, result) in enumerate(zip(candidates, results)):
                 edits[k].checks += 1
