@@ -106,3 +106,26 @@ def test_crash_mid_shrink_resumes_to_the_same_weights(finished_run: Path, config
     resumed = load_file(crashed / "checkpoints" / "tighten" / "model.safetensors")
     reference = load_file(whole / "checkpoints" / "tighten" / "model.safetensors")
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_editors_get_each_problems_correct_attempt_that_passes_most_gates_even_when_none_passes_all() -> None:
+    from shrinkthink.criteria import StepValidity
+    from shrinkthink.records import Episode, Problem
+    from shrinkthink.stages.shrink import winners
+    from shrinkthink.tasks import make_task
+
+    gate = StepValidity(make_task("arith", {}))
+
+    def attempt(tokens: int, correct: float, valid: float, finished: bool = True) -> Episode:
+        return Episode(Problem("p", "1+2=?", "3"), [], [], [], "", finished, reasoning_tokens=tokens,
+                       components={"correct": correct, "step_validity": valid})
+
+    episodes = [
+        attempt(30, 1.0, 0.0), attempt(20, 1.0, 0.0), attempt(5, 0.0, 1.0), attempt(3, 1.0, 1.0, finished=False),
+        attempt(40, 1.0, 1.0), attempt(12, 1.0, 0.0), attempt(25, 1.0, 1.0),
+        attempt(9, 0.0, 1.0), attempt(9, 0.0, 0.0),
+    ]
+    chosen = winners(episodes, [[0, 1, 2, 3], [4, 5, 6], [7, 8]], [gate])
+    # problem 1: no finished correct attempt passes the gate, so the shortest correct one (an editor
+    # may repair it); problem 2: the shortest that passes; problem 3: nothing correct, nothing chosen
+    assert [e.reasoning_tokens for e in chosen] == [20, 25]

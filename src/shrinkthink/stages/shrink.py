@@ -44,15 +44,18 @@ from shrinkthink.stages.explore import POOL_PER_LEVEL, batch_record, draw_proble
 
 
 def winners(episodes: list[Episode], groups: list[list[int]], criteria) -> list[Episode]:
-    """Per problem, the shortest finished attempt that is correct and passes every gate."""
+    """Per problem, the correct finished attempt that passes the most gates, shortest first.
+
+    A gate's failure does not disqualify: the editors exist to turn a correct transcript that
+    breaks a criterion (a filler line, a digression) into one that keeps it, and under a strict
+    gate the policy may not yet write a single passing transcript."""
     gates = [c.name for c in criteria if c.gate]
     out = []
     for group in groups:
-        passed = [episodes[i] for i in group if episodes[i].finished
-                  and episodes[i].components.get("correct", 0.0) >= 1.0
-                  and all(episodes[i].components[g] >= 1.0 for g in gates)]
-        if passed:
-            out.append(min(passed, key=lambda e: e.reasoning_tokens))
+        correct = [episodes[i] for i in group if episodes[i].finished
+                   and episodes[i].components.get("correct", 0.0) >= 1.0]
+        if correct:
+            out.append(min(correct, key=lambda e: (-sum(e.components[g] for g in gates), e.reasoning_tokens)))
     return out
 
 
