@@ -14,7 +14,12 @@ Methods (all from the explore checkpoint, except the ablation):
 - shrinking_budget: RL with a token budget that shrinks by 0.8 each round while accuracy holds;
 - critic_finetune: no RL; fine-tune on winners pruned by the ablation critic;
 - paraphrase_finetune: no RL; fine-tune on winners rewritten by the task's paraphraser;
-- group_length: RL with Kimi k1.5's group-relative length reward.
+- group_length: RL with Kimi k1.5's group-relative length reward;
+- graded_validity: RL with correctness scaled by the share of valid lines (the task's step checker);
+- validity_critic: the same RL, plus fine-tuning on winners the keep-rest ablation critic pruned.
+
+With a config of several shrink stages (configs/shrink-arith.yaml), the first with editors is the
+template (its fine-tuning learning rate is the editors' methods'), else the first.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from shrinkthink.config import RunConfig, load_config  # noqa: E402
 from shrinkthink.pipeline import run_pipeline  # noqa: E402
 
 METHODS = ["ramped_penalty", "penalty_from_start", "shrinking_budget", "critic_finetune", "paraphrase_finetune",
-           "group_length"]
+           "group_length", "graded_validity", "validity_critic"]
+DEFAULT_PENALTY = {"name": "length_penalty", "start": 0.02, "factor": 2.0}
 
 
 def shrink_stage(base: dict, method: str, steps: int) -> dict:
@@ -45,7 +51,7 @@ def shrink_stage(base: dict, method: str, steps: int) -> dict:
     # methods themselves
     stage.update(name=method, steps=steps, criteria=[], editors=[], rl=True, restore_best=False)
     if method == "ramped_penalty":
-        stage["criteria"] = [next(c for c in base["criteria"] if c["name"] == "length_penalty")]
+        stage["criteria"] = [penalty(base)]
     elif method == "shrinking_budget":
         stage["criteria"] = [{"name": "token_budget", "factor": 0.8}]
     elif method == "critic_finetune":
@@ -54,7 +60,17 @@ def shrink_stage(base: dict, method: str, steps: int) -> dict:
         stage.update(rl=False, editors=[{"name": "paraphrase"}])
     elif method == "group_length":
         stage["criteria"] = [{"name": "group_length", "weight": 0.5}]
+    elif method == "graded_validity":
+        stage["criteria"] = [{"name": "step_validity", "graded": True}]
+    elif method == "validity_critic":
+        stage.update(criteria=[{"name": "step_validity", "graded": True}],
+                     editors=[{"name": "ablation_critic", "mode": "keep_rest"}])
     return stage
+
+
+def penalty(shrink: dict) -> dict:
+    """The shrink stage's length penalty, or a tiny ramped one when it has none."""
+    return next((c for c in shrink["criteria"] if c["name"] == "length_penalty"), DEFAULT_PENALTY)
 
 
 def main() -> int:
@@ -69,7 +85,10 @@ def main() -> int:
 
     config = load_config(args.config)
     data = config.model_dump(mode="json")
-    stages = {s["kind"]: s for s in data["stages"]}
+    stages = {}
+    for s in data["stages"]:
+        stages.setdefault(s["kind"], s)  # the first of each kind
+    stages["shrink"] = next((s for s in data["stages"] if s["kind"] == "shrink" and s["editors"]), stages["shrink"])
     out = Path(args.out)
     base = Path(args.base) if args.base else out / "base"
     if not (base / "checkpoints" / "explore").is_dir():
@@ -89,7 +108,7 @@ def main() -> int:
         run_dir = out / method
         if method == "penalty_from_start":
             # the same penalty, from the first explore step: the ramp's final lambda, held fixed
-            lam = lambda_after_ramp or stages["shrink"]["criteria"][0].get("start", 0.01)
+            lam = lambda_after_ramp or penalty(stages["shrink"])["start"]
             explore = dict(stages["explore"], name=method, steps=stages["explore"]["steps"] + args.steps,
                            criteria=[{"name": "length_penalty", "start": lam, "factor": 1.0}])
             model, stage = str(warm_checkpoint), explore

@@ -128,3 +128,10 @@ def test_bad_files(tmp_path: Path) -> None:
     no_stages = tmp_path / "none.yaml"
     no_stages.write_text("name: x\n")
     assert error_of(no_stages) == f"{no_stages}: stages: Field required"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_validates(path: Path) -> None:
+    config = load_config(str(path))
+    assert config.stages and config.name
