@@ -1,6 +1,7 @@
 """The shrink stage end to end through the CLI on a tiny model: criteria and their controllers
 logged every step, editors fine-tuning on re-verified edits, the summary entry, changed
-parameters, and a crash mid-stage that resumes to the same weights."""
+parameters, and a crash mid-stage that resumes to the same weights. Also which winners the
+editors get."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from shrinkthink.config import load_config
+from shrinkthink.criteria import StepValidity
 from shrinkthink.pipeline import run_pipeline
+from shrinkthink.records import Episode, Problem
+from shrinkthink.stages.shrink import winners
+from shrinkthink.tasks import make_task
 from test_pipeline import crash_in, metric_lines, run_to_end, step_keys, write_config
 
 CONFIG = """\
@@ -109,11 +114,6 @@ def test_crash_mid_shrink_resumes_to_the_same_weights(finished_run: Path, config
 
 
 def test_editors_get_each_problems_correct_attempt_that_passes_most_gates_even_when_none_passes_all() -> None:
-    from shrinkthink.criteria import StepValidity
-    from shrinkthink.records import Episode, Problem
-    from shrinkthink.stages.shrink import winners
-    from shrinkthink.tasks import make_task
-
     gate = StepValidity(make_task("arith", {}))
 
     def attempt(tokens: int, correct: float, valid: float, finished: bool = True) -> Episode:
