@@ -37,6 +37,7 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from shrinkthink.config import RunConfig, load_config  # noqa: E402
+from shrinkthink.errors import UserError  # noqa: E402
 from shrinkthink.pipeline import run_pipeline  # noqa: E402
 
 METHODS = ["ramped_penalty", "penalty_from_start", "shrinking_budget", "critic_finetune", "paraphrase_finetune",
@@ -68,6 +69,14 @@ def shrink_stage(base: dict, method: str, steps: int) -> dict:
     return stage
 
 
+def first_stage(stages: list[dict], kind: str, config: str | None) -> dict:
+    """The config's first stage of `kind`; for `shrink`, the first with editors if one has them."""
+    of_kind = [s for s in stages if s["kind"] == kind]
+    if not of_kind:
+        raise UserError(f"{config or 'the quickstart config'}: stages: no {kind} stage to compare from")
+    return next((s for s in of_kind if kind == "shrink" and s["editors"]), of_kind[0])
+
+
 def penalty(shrink: dict) -> dict:
     """The shrink stage's length penalty, or a tiny ramped one when it has none."""
     return next((c for c in shrink["criteria"] if c["name"] == "length_penalty"), DEFAULT_PENALTY)
@@ -83,12 +92,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
-    config = load_config(args.config)
-    data = config.model_dump(mode="json")
-    stages = {}
-    for s in data["stages"]:
-        stages.setdefault(s["kind"], s)  # the first of each kind
-    stages["shrink"] = next((s for s in data["stages"] if s["kind"] == "shrink" and s["editors"]), stages["shrink"])
+    try:
+        config = load_config(args.config)
+        data = config.model_dump(mode="json")
+        stages = {kind: first_stage(data["stages"], kind, args.config) for kind in ("warmstart", "explore", "shrink")}
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     base = Path(args.base) if args.base else out / "base"
     if not (base / "checkpoints" / "explore").is_dir():
