@@ -15,6 +15,7 @@ from shrinkthink.learners import Learner, make_optimizer, supervised_step
 from shrinkthink.learners.batch import (
     completion_log_softmax,
     completion_logprobs,
+    length_buckets,
     pack,
     random_positions,
     token_entropy,
@@ -188,6 +189,60 @@ def test_one_batch_equals_the_token_weighted_sum_of_single_episodes() -> None:
     assert abs(batch_loss - per_episode_mean) > 1e-3
 
 
+def test_length_buckets_split_mixed_lengths_into_sorted_runs_and_keep_equal_ones_whole() -> None:
+    lengths = [200, 12, 180, 10, 15, 190, 11, 14] * 4
+    runs = length_buckets(lengths, "cpu")
+    assert len(runs) > 1
+    assert sorted(i for run in runs for i in run) == list(range(len(lengths)))  # every row once
+    assert all(lengths[run[-1]] <= lengths[later[0]] for run, later in zip(runs, runs[1:]))
+    padded = sum(len(run) * max(lengths[i] for i in run) for run in runs)
+    assert padded < 0.6 * len(lengths) * max(lengths)
+    assert length_buckets([50] * 32, "cpu") == [list(range(32))]  # nothing to save: one call
+    assert length_buckets([], "cpu") == []
+
+
+def parameters_after(update, runs_of, monkeypatch) -> torch.Tensor:
+    """The parameters of a fresh tiny policy after `update(policy)`, with the batch cut into runs
+    by `runs_of(lengths)` in place of `length_buckets`."""
+    monkeypatch.setattr("shrinkthink.learners.length_buckets", lambda lengths, device: runs_of(lengths))
+    model, tokenizer = tiny_policy(depth=2, seed=0)
+    policy = Policy(model.eval(), tokenizer)
+    update(policy)
+    return torch.cat([p.detach().flatten() for p in policy.model.parameters()])
+
+
+def in_three_runs(lengths: list[int]) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[:2], order[2:5], order[5:]]
+
+
+def test_a_batch_run_by_run_updates_the_weights_as_the_whole_batch_does(monkeypatch) -> None:
+    """Cut into runs of similar length, the fine-tuning step and the GRPO update leave the
+    weights where one call on the whole padded batch leaves them (plain SGD, so a difference in
+    the gradient shows in the weights)."""
+    def finetune(policy: Policy) -> None:
+        episodes, _ = episodes_of_different_lengths(policy)
+        optimizer = torch.optim.SGD(policy.model.parameters(), lr=1.0)
+        supervised_step(policy, optimizer, [e.prompt_ids for e in episodes], [e.completion_ids for e in episodes],
+                        position_span=40.0, generator=torch.Generator().manual_seed(0))
+
+    def grpo(policy: Policy) -> None:
+        episodes, _ = episodes_of_different_lengths(policy)
+        for i, episode in enumerate(episodes):
+            episode.reward = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0][i]
+        learner = Learner(policy, LearnerConfig(group_size=4, problems_per_step=2))
+        learner.optimizer = torch.optim.SGD(policy.model.parameters(), lr=1.0)
+        learner.schedule = torch.optim.lr_scheduler.LambdaLR(learner.optimizer, lambda update: 1.0)
+        learner.update(episodes, [[0, 1, 2, 3], [4, 5, 6, 7]])
+
+    for update in (finetune, grpo):
+        start = parameters_after(lambda policy: None, in_three_runs, monkeypatch)
+        whole = parameters_after(update, lambda lengths: [list(range(len(lengths)))], monkeypatch)
+        runs = parameters_after(update, in_three_runs, monkeypatch)
+        assert not torch.allclose(whole, start)
+        assert torch.allclose(runs, whole, atol=1e-6, rtol=1e-5)
+
+
 def test_zero_advantage_groups_are_skipped_unless_a_reference_needs_them() -> None:
     model, tokenizer = tiny_policy(depth=2, seed=0)
     policy = Policy(model, tokenizer)
@@ -256,10 +311,11 @@ def second_character_accuracy(span: float | None, seed: int = 0) -> tuple[float,
 
 
 def test_random_positions_carry_a_positional_lookup_past_the_training_lengths() -> None:
-    usual_short, usual_long = second_character_accuracy(None)
-    random_short, random_long = second_character_accuracy(30.0)
-    assert usual_short >= 0.9 and random_short >= 0.9
-    # 0, 1, 2, ... never reached 16-24 letters and mostly guesses (1/8 by chance); drawn
-    # positions on [0, 30) had put tokens that far apart
-    assert usual_long < 0.5
-    assert random_long >= usual_long + 0.25
+    """0, 1, 2, ... never reached 16-24 letters: what a model makes of those distances depends
+    on its seed (0.0 to 0.98 over seeds 0-4; with 1/8 by chance). Drawn positions on [0, 30)
+    had put tokens that far apart, and every seed finds the character."""
+    usual, drawn = zip(*[(second_character_accuracy(None, seed), second_character_accuracy(30.0, seed))
+                         for seed in range(3)])
+    assert all(short >= 0.9 for short, _ in usual + drawn)
+    assert all(long >= 0.9 for _, long in drawn)
+    assert mean([long for _, long in usual]) <= mean([long for _, long in drawn]) - 0.25

@@ -18,6 +18,7 @@ from shrinkthink.learners.batch import (
     completion_log_softmax,
     completion_logits,
     completion_logprobs,
+    length_buckets,
     pack,
     random_positions,
     token_entropy,
@@ -36,19 +37,31 @@ from shrinkthink.records import Episode
 def supervised_step(policy: Policy, optimizer, prompts: list[list[int]], targets: list[list[int]],
                     max_grad_norm: float = 1.0, position_span: float | None = None,
                     generator: torch.Generator | None = None) -> float:
-    """One fine-tuning step on (prompt, target completion) pairs; loss on the completion only.
-    `position_span`: randomised positions on [0, span) (`batch.random_positions`), drawn from
-    `generator`."""
-    ids, attention, predictor, mask = pack(prompts, targets, policy.pad_id, policy.device)
-    positions = None if position_span is None else random_positions(attention, position_span, generator)
-    logits = completion_logits(policy.model, ids, attention, predictor, positions)
-    target_ids = ids.gather(1, (predictor + 1).clamp(max=ids.shape[1] - 1))
-    loss = token_cross_entropy(logits.float(), target_ids, mask)
+    """One fine-tuning step on (prompt, target completion) pairs; loss on the completion only,
+    averaged over the batch's target tokens. The batch runs in runs of similar length
+    (`length_buckets`), each adding its share to one gradient. `position_span`: randomised
+    positions on [0, span) (`batch.random_positions`), drawn from `generator` for the whole batch."""
+    lengths = [len(p) + len(t) for p, t in zip(prompts, targets)]
+    positions = None
+    if position_span is not None:
+        width = max(lengths)
+        attention = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+        positions = random_positions(attention, position_span, generator)
+    tokens = max(1, sum(len(t) for t in targets))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total = 0.0
+    for run in length_buckets(lengths, policy.device):
+        ids, attention, predictor, mask = pack([prompts[i] for i in run], [targets[i] for i in run],
+                                               policy.pad_id, policy.device)
+        run_positions = None if positions is None else positions[run, : ids.shape[1]].to(policy.device)
+        logits = completion_logits(policy.model, ids, attention, predictor, run_positions)
+        target_ids = ids.gather(1, (predictor + 1).clamp(max=ids.shape[1] - 1))
+        loss = token_cross_entropy(logits.float(), target_ids, mask, tokens)
+        loss.backward()
+        total += loss.item()
     torch.nn.utils.clip_grad_norm_(policy.model.parameters(), max_grad_norm)
     optimizer.step()
-    return loss.item()
+    return total
 
 
 def make_optimizer(policy: Policy, lr: float) -> torch.optim.Optimizer:
@@ -104,39 +117,48 @@ class Learner:
         updates = 0
         for _ in range(self.config.inner_epochs):
             for chunk in chunks:
-                chosen = [episodes[i] for i, _ in chunk]
-                ids, attention, predictor, mask = pack(
-                    [e.prompt_ids for e in chosen], [e.completion_ids for e in chosen], self.policy.pad_id, self.policy.device
-                )
-                old = torch.zeros(mask.shape, device=mask.device)
-                for row, episode in enumerate(chosen):
-                    old[row, : len(episode.logprobs)] = torch.tensor(episode.logprobs)
-                reference = None
-                with self.autocast:
-                    if self.reference is not None:
-                        with torch.no_grad():
-                            reference = completion_logprobs(self.reference, ids, attention, predictor, self.temperature)
-                    log_softmax = completion_log_softmax(model, ids, attention, predictor, self.temperature)
-                logprobs = token_logprobs(log_softmax, ids, predictor)
-                entropy = token_entropy(log_softmax) if self.config.entropy_coef > 0 else None
-                adv = torch.tensor([a for _, a in chunk], device=mask.device)
-                loss, step_stats = clipped_policy_loss(
-                    logprobs, old, adv, mask, self.config.clip_low, self.config.clip_high, reference, self.config.kl_coef,
-                    entropy, self.config.entropy_coef,
-                )
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                tokens = sum(len(episodes[i].completion_ids) for i, _ in chunk)
+                lengths = [len(episodes[i].prompt_ids) + len(episodes[i].completion_ids) for i, _ in chunk]
+                for run in length_buckets(lengths, self.policy.device):
+                    loss, run_stats = self._run_loss([chunk[j] for j in run], episodes, tokens)
+                    loss.backward()
+                    stats["loss"] += loss.item()
+                    for key, value in run_stats.items():
+                        stats[key] = stats.get(key, 0.0) + value
                 torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
                 self.optimizer.step()
                 self.schedule.step()
                 updates += 1
-                stats["loss"] += loss.item()
-                for key, value in step_stats.items():
-                    stats[key] = stats.get(key, 0.0) + value
         for key in ("loss", "clip_fraction", "kl", "entropy"):
             if key in stats:
                 stats[key] /= updates
         return stats
+
+    def _run_loss(self, run: list[tuple[int, float]], episodes: list[Episode],
+                  tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The clipped loss of `run` (episode index, advantage) as its share of a minibatch of
+        `tokens` completion tokens, with its share of the minibatch's token-mean statistics."""
+        chosen = [episodes[i] for i, _ in run]
+        ids, attention, predictor, mask = pack(
+            [e.prompt_ids for e in chosen], [e.completion_ids for e in chosen], self.policy.pad_id, self.policy.device
+        )
+        old = torch.zeros(mask.shape, device=mask.device)
+        for row, episode in enumerate(chosen):
+            old[row, : len(episode.logprobs)] = torch.tensor(episode.logprobs)
+        reference = None
+        with self.autocast:
+            if self.reference is not None:
+                with torch.no_grad():
+                    reference = completion_logprobs(self.reference, ids, attention, predictor, self.temperature)
+            log_softmax = completion_log_softmax(self.policy.model, ids, attention, predictor, self.temperature)
+        logprobs = token_logprobs(log_softmax, ids, predictor)
+        entropy = token_entropy(log_softmax) if self.config.entropy_coef > 0 else None
+        adv = torch.tensor([a for _, a in run], device=mask.device)
+        return clipped_policy_loss(
+            logprobs, old, adv, mask, self.config.clip_low, self.config.clip_high, reference, self.config.kl_coef,
+            entropy, self.config.entropy_coef, tokens,
+        )
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}

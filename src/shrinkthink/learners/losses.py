@@ -38,6 +38,7 @@ def clipped_policy_loss(
     kl_coef: float = 0.0,
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
+    tokens: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped surrogate (Schulman et al. 2017) per token, averaged over all completion
     tokens of the batch (token-level loss, DAPO, Yu et al. 2025), so long completions are not
@@ -46,7 +47,9 @@ def clipped_policy_loss(
     that multiple of each token's entropy (an entropy bonus, as in PPO), which holds off the
     collapse to a near-deterministic policy that leaves every group of samples alike.
 
-    logprobs, old_logprobs, ref_logprobs, entropy, mask: [B, T]; advantages: [B].
+    logprobs, old_logprobs, ref_logprobs, entropy, mask: [B, T]; advantages: [B]. `tokens`: divide
+    by this count instead of the mask's (a part of a batch contributing its share of the whole
+    batch's mean; the statistics are shares too, and add up across the parts).
     """
     mask = mask.to(logprobs.dtype)
     ratio = torch.exp(logprobs - old_logprobs)
@@ -54,7 +57,7 @@ def clipped_policy_loss(
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * adv
     per_token = -torch.minimum(unclipped, clipped)
-    tokens = mask.sum().clamp(min=1)
+    tokens = mask.sum().clamp(min=1) if tokens is None else tokens
     stats = {"clip_fraction": float(((unclipped > clipped).to(mask.dtype) * mask).sum() / tokens)}
     if ref_logprobs is not None and kl_coef > 0:
         log_ratio = ref_logprobs - logprobs
@@ -68,9 +71,11 @@ def clipped_policy_loss(
     return loss, stats
 
 
-def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                        tokens: int | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over the masked target positions (supervised fine-tuning).
-    logits: [B, T, V] predicting targets [B, T]."""
+    logits: [B, T, V] predicting targets [B, T]. `tokens`: divide by this count instead of the
+    mask's (a part of a batch contributing its share of the whole batch's mean)."""
     losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
     mask = mask.to(losses.dtype)
-    return (losses * mask).sum() / mask.sum().clamp(min=1)
+    return (losses * mask).sum() / (mask.sum().clamp(min=1) if tokens is None else tokens)
