@@ -17,7 +17,7 @@ from shrinkthink.config import load_config
 from shrinkthink.criteria import StepValidity
 from shrinkthink.pipeline import run_pipeline
 from shrinkthink.records import Episode, Problem
-from shrinkthink.stages.shrink import winners
+from shrinkthink.stages.shrink import next_best, winners
 from shrinkthink.tasks import make_task
 from test_pipeline import crash_in, metric_lines, run_to_end, step_keys, write_config
 
@@ -129,3 +129,25 @@ def test_editors_get_each_problems_correct_attempt_that_passes_most_gates_even_w
     # problem 1: no finished correct attempt passes the gate, so the shortest correct one (an editor
     # may repair it); problem 2: the shortest that passes; problem 3: nothing correct, nothing chosen
     assert [e.reasoning_tokens for e in chosen] == [20, 25]
+
+
+def test_restore_best_takes_fewer_tokens_and_on_a_token_plateau_the_more_accurate_policy() -> None:
+    best = {"step": 0, "accuracy": 0.90, "tokens": 60.0, "fewest": 60.0}
+    picked = []
+    # (step, accuracy, tokens) of evaluations whose accuracy held
+    for step, accuracy, tokens in [(50, 0.88, 30.0),    # clearly fewer tokens: new best
+                                   (100, 0.86, 29.8),   # 0.7% fewer, less accurate: a tie, kept
+                                   (150, 0.91, 30.2),   # on the plateau and more accurate: new best
+                                   (200, 0.95, 40.0),   # more accurate but off the plateau: kept
+                                   (250, 0.87, 25.0)]:  # clearly fewer again, whatever its accuracy
+        best, improved = next_best(best, step, accuracy, tokens)
+        if improved:
+            picked.append(step)
+    assert picked == [50, 150, 250]
+    assert best == {"step": 250, "accuracy": 0.87, "tokens": 25.0, "fewest": 25.0}
+    # ties are measured from the fewest tokens, not from the last best: they cannot creep upwards
+    best = {"step": 10, "accuracy": 0.90, "tokens": 30.0, "fewest": 30.0}
+    best, improved = next_best(best, 20, 0.92, 30.5)
+    assert improved and best["tokens"] == 30.5 and best["fewest"] == 30.0
+    best, improved = next_best(best, 30, 0.94, 31.0)
+    assert not improved and best["step"] == 20

@@ -270,7 +270,7 @@ class ShrinkStage(StageBase):
     reladder: bool = Field(False, description="start at the lowest level and climb back, gated by promote_at, with the criteria on")
     promote_at: float = Field(0.8, ge=0, le=1, description="reladder: raise the level when held-out accuracy at the current one reaches this")
     replay: float = Field(0.25, ge=0, lt=1, description="reladder: share of each batch from lower levels")
-    restore_best: bool = Field(True, description="end with the evaluated policy with the fewest reasoning tokens whose accuracy held within the tolerance")
+    restore_best: bool = Field(True, description="end with the evaluated policy with the fewest reasoning tokens whose accuracy held within the tolerance; among those within 2% of the fewest, the most accurate")
     probe_problems: int = Field(32, ge=0, description="held-out transcripts for the steganography probe at each evaluation (with a paraphrase editor)")
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     sampling: Sampling = Field(default_factory=Sampling)

@@ -13,7 +13,8 @@ and mean reasoning tokens: the reference). Then, every step:
 At each evaluation the controllers take a round: a length penalty ramps up, a token budget
 shrinks, while accuracy stays within `tolerance` of the reference; when it dips they back off.
 With `restore_best`, the stage ends on the evaluated policy with the fewest reasoning tokens
-whose accuracy held.
+whose accuracy held; among evaluations within 2% of the fewest tokens (a plateau, where which is
+shortest is evaluation noise), on the most accurate (`next_best`).
 
     shrinkthink run configs/quickstart.yaml   # the third stage
 """
@@ -41,6 +42,20 @@ from shrinkthink.learners import Learner, make_optimizer, supervised_step
 from shrinkthink.records import Episode, Problem
 from shrinkthink.stages import StageContext, StageResult, load_weights
 from shrinkthink.stages.explore import POOL_PER_LEVEL, batch_record, draw_problems, rollout
+
+
+PLATEAU = 0.02  # reasoning-token counts this close to the fewest are a tie, broken by accuracy
+
+
+def next_best(best: dict, step: int, accuracy: float, tokens: float) -> tuple[dict, bool]:
+    """`best` ({step, accuracy, tokens, fewest}) after an evaluation at `step` whose accuracy
+    held, and whether that evaluation's policy is the new best: clearly fewer tokens (more than
+    `PLATEAU` below the best's), or more accurate on the plateau of the fewest tokens seen so far
+    (within `PLATEAU` above them, so a run of ties cannot creep upwards)."""
+    fewest = min(best.get("fewest", best["tokens"]), tokens)
+    if tokens < best["tokens"] * (1 - PLATEAU) or (tokens <= fewest * (1 + PLATEAU) and accuracy > best["accuracy"]):
+        return {"step": step, "accuracy": accuracy, "tokens": tokens, "fewest": fewest}, True
+    return {**best, "fewest": fewest}, False
 
 
 def winners(episodes: list[Episode], groups: list[list[int]], criteria) -> list[Episode]:
@@ -76,7 +91,8 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
         # the stage-start policy is the first candidate: a shrink that never holds accuracy ends
         # where it began rather than worse
         ctx.run.save_policy(f".{ctx.stage_name}-best", policy)
-        state["best"] = {"step": 0, "accuracy": reference["accuracy"], "tokens": reference["tokens"]}
+        state["best"] = {"step": 0, "accuracy": reference["accuracy"], "tokens": reference["tokens"],
+                         "fewest": reference["tokens"]}
     criteria = build_criteria(stage.criteria, task, stage.tolerance, reference["tokens"])
     editors = build_editors(stage.editors, task, policy.device, field=f"stages.{ctx.stage_index}.editors")
     paraphraser = next((e for e in editors if isinstance(e, Paraphraser)), None)
@@ -134,10 +150,11 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
                 level = min(lv for lv in levels if lv > level)
                 record["promoted_to"] = level
             held = accuracy >= reference["accuracy"] - stage.tolerance - 1e-9
-            if stage.restore_best and held and (best is None or evaluation.mean_reasoning_tokens < best["tokens"]):
-                ctx.run.save_policy(f".{ctx.stage_name}-best", policy)
-                best = {"step": done, "accuracy": accuracy, "tokens": evaluation.mean_reasoning_tokens}
-                record["best"] = True
+            if stage.restore_best and held:
+                best, improved = next_best(best, done, accuracy, evaluation.mean_reasoning_tokens)
+                if improved:
+                    ctx.run.save_policy(f".{ctx.stage_name}-best", policy)
+                    record["best"] = True
             if paraphraser is not None and stage.probe_problems:
                 own = [(p, text) for p, text, score in evaluation.transcripts if score >= 1.0][: stage.probe_problems]
                 record |= steganography_probe(policy, task, paraphraser, own, max_new)
