@@ -131,6 +131,26 @@ def test_repeated_gold_steps_are_not_mistaken_for_digressions() -> None:
         assert [necessary for _, necessary in task.classify_steps(problem, demo)] == flags
 
 
+def test_a_slip_in_a_sum_is_an_error_not_a_digression_and_the_chain_after_it_counts() -> None:
+    task = ArithTask(min_operand=1, max_operand=20)
+    problem = task.generate(3, random.Random(0))
+    terms = problem.metadata["terms"]
+    wrong = terms[0] + terms[1] + 10  # the first sum, 10 too high
+    transcript = "\n".join([f"{terms[0]}+{terms[1]}={wrong}",              # a slip: still the next step
+                             f"check {terms[0]}+{terms[1]}={wrong}",        # a re-check: a digression
+                             f"{wrong}+{terms[2]}={wrong + terms[2]}",     # carries on from the slip
+                             f"{terms[1]}+{terms[3]}={terms[1] + terms[3]}",  # a side sum: a digression
+                             "hmm",
+                             f"{terms[3]}+{wrong + terms[2]}={wrong + terms[2] + terms[3]}",
+                             f"Answer: {wrong + terms[2] + terms[3]}"])
+    assert [necessary for _, necessary in task.classify_steps(problem, transcript)] == \
+        [True, False, True, False, False, True]
+    assert task.score(problem, transcript) == 0.0
+    # skipping a term is not the next step either
+    skipped = f"{terms[0]}+{terms[2]}={terms[0] + terms[2]}\nAnswer: 0"
+    assert [necessary for _, necessary in task.classify_steps(problem, skipped)] == [False]
+
+
 def test_arith_formats() -> None:
     problem = Problem(id="x", prompt="12+7+30=?", answer="49", metadata={"terms": [12, 7, 30]})
     values = running_values([12, 7, 30], ["+", "+"])
