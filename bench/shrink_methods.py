@@ -18,8 +18,8 @@ Methods (all from the explore checkpoint, except the ablation):
 - graded_validity: RL with correctness scaled by the share of valid lines (the task's step checker);
 - validity_critic: the same RL, plus fine-tuning on winners the keep-rest ablation critic pruned.
 
-With a config of several shrink stages (configs/shrink-arith.yaml), the first with editors is the
-template (its fine-tuning learning rate is the editors' methods'), else the first.
+With a config of several shrink stages (the quickstart's shrink and anneal), the first with editors is
+the template (its fine-tuning learning rate is the editors' methods'), else the first.
 """
 
 from __future__ import annotations
