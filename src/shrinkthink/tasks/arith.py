@@ -145,7 +145,7 @@ class ArithTask(Task):
         own next step, from its last running value and the next term, is necessary whatever its
         result: a slip in a sum (`18+11=39`) is an error, which accuracy counts, and the lines that
         carry on from the wrong value (`39+5=44`) are the chain itself, not side computations.
-        Without this one slip made every later line a digression."""
+        Without this, one slip made every later line a digression."""
         if self.step_format != "refer" or not problem.steps:
             return super().classify_steps(problem, completion)
         terms, ops = problem.metadata["terms"], problem.metadata["ops"]
