@@ -23,7 +23,7 @@ import re
 from typing import Literal
 
 from shrinkthink.records import Problem
-from shrinkthink.tasks.base import Task, reasoning_part
+from shrinkthink.tasks.base import Task
 from shrinkthink.verify import numbers_equal
 
 StepFormat = Literal["refer", "carry"]
@@ -140,29 +140,25 @@ class ArithTask(Task):
                 forms.add(f"={parsed[3]}")
         return forms
 
-    def classify_steps(self, problem: Problem, completion: str) -> list[tuple[str, bool]]:
-        """As `Task.classify_steps`, and in the `refer` format a line that takes the transcript's
-        own next step, from its last running value and the next term, is necessary whatever its
-        result: a slip in a sum (`18+11=39`) is an error, which accuracy counts, and the lines that
-        carry on from the wrong value (`39+5=44`) are the chain itself, not side computations.
-        Without this, one slip made every later line a digression."""
-        if self.step_format != "refer" or not problem.steps:
-            return super().classify_steps(problem, completion)
+    def is_next_step(self, problem: Problem, index: int, line: str, taken: list[str]) -> bool:
+        """The gold step, or in the `refer` format the transcript's own next step: its last
+        running value and the next term, whatever the result. A slip in a sum (`18+11=39`) is an
+        error, which accuracy counts, and the lines that carry on from the wrong value (`39+5=44`)
+        are the chain itself, not side computations. Without this, one slip made every later line
+        a digression."""
+        if super().is_next_step(problem, index, line, taken):
+            return True
+        parsed = parse_step(line)
+        if self.step_format != "refer" or parsed is None or parsed[0] is None:
+            return False
         terms, ops = problem.metadata["terms"], problem.metadata["ops"]
-        lines = [line for line in reasoning_part(completion).split("\n") if line.strip()]
-        out = []
-        index, running = 0, terms[0]
-        for line in lines:
-            parsed = parse_step(line)
-            gold = index < len(problem.steps) and self.canonical_step(problem, line) in self.step_forms(problem, index)
-            chained = (index < len(ops) and parsed is not None and parsed[0] is not None and parsed[1] == ops[index]
-                       and ((parsed[0], parsed[2]) == (running, terms[index + 1])
-                            or (ops[index] == "+" and (parsed[2], parsed[0]) == (running, terms[index + 1]))))
-            if gold or chained:
-                running = parsed[3] if parsed is not None else running_values(terms, ops)[index + 1]
-                index += 1
-            out.append((line, gold or chained))
-        return out
+        if index >= len(ops):
+            return False
+        last = parse_step(taken[-1]) if taken else None
+        running = last[3] if last else running_values(terms, ops)[index]
+        left, op, right, _ = parsed
+        operands = {(left, right), (right, left)} if op == "+" else {(left, right)}
+        return op == ops[index] and (running, terms[index + 1]) in operands
 
     def step_valid(self, problem: Problem, line: str) -> bool:
         """A true operation on numbers (`12+7=19`, `19=12+7`), a running value written alone, or a

@@ -170,14 +170,18 @@ class Task(ABC):
         if not problem.steps:
             return [(line, True) for line in lines]
         out = []
-        next_gold = 0
+        taken: list[str] = []
         for line in lines:
-            if next_gold < len(problem.steps) and self.canonical_step(problem, line) in self.step_forms(problem, next_gold):
-                out.append((line, True))
-                next_gold += 1
-            else:
-                out.append((line, False))
+            necessary = self.is_next_step(problem, len(taken), line, taken)
+            if necessary:
+                taken.append(line)
+            out.append((line, necessary))
         return out
+
+    def is_next_step(self, problem: Problem, index: int, line: str, taken: list[str]) -> bool:
+        """Whether `line` is step `index` of the transcript's chain, after its necessary lines
+        `taken`: by default, when it says gold step `index` in a spelling the task accepts."""
+        return index < len(problem.steps or []) and self.canonical_step(problem, line) in self.step_forms(problem, index)
 
     # --- strict criteria and editors (built-in tasks) -------------------------------------
     has_step_checker: ClassVar[bool] = False
