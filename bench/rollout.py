@@ -7,9 +7,11 @@ and sampling settings, in one run.
 
 Both sides sample (temperature 1, no top-p/top-k) exactly `--new-tokens` tokens per row: end of
 sequence is switched off on both (`generate` through `min_new_tokens`, ours by passing no eos id),
-so both do the same work and a tokens/s figure counts every row's tokens. The last column has
-end-of-sequence on: ours with finished rows dropped, tokens actually sampled per second (rows end
-at different lengths, so this depends on what the model says). `--group G` repeats each prompt G
+so both do the same work and a tokens/s figure counts every row's tokens. The last three columns
+have end-of-sequence on, on both sides: each row's tokens up to and including its end of sequence,
+per second, summed over `--repeats` runs. `generate` keeps computing a finished row (it pads it)
+until the longest row ends; ours drops finished rows from the batch. Rows end at different
+lengths, and each side draws its own, so these depend on what the model says. `--group G` repeats each prompt G
 times as GRPO does; our engine then runs each distinct prompt's prefill once. Prompts are reasoning-gym chain_sum
 questions through the chat template, left-padded. Each figure is the best of `--repeats` runs
 after one untimed warm-up run per side.
@@ -74,6 +76,21 @@ def timed(fn, new_tokens: int, repeats: int) -> float:
     return best
 
 
+def eos_rate(fn, repeats: int) -> tuple[float, float]:
+    """Tokens per second over `repeats` calls of fn() (each returns the tokens it sampled), and the
+    mean tokens a call."""
+    tokens = seconds = 0.0
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        tokens += fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - began
+    return tokens / seconds, tokens / repeats
+
+
 def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -93,8 +110,9 @@ def main() -> int:
           f"temperature 1, best of {args.repeats}; "
           + ("distinct prompts" if args.group == 1 else f"groups: each prompt {args.group} times"))
     print()
+    print(f"{'':13s} {'every row ' + str(args.new_tokens) + ' tokens':^36s} {'end of sequence on':^38s}")
     print(f"{'batch':>5s} {'prompt':>6s} {'ours tok/s':>11s} {'generate tok/s':>15s} {'ratio':>6s} "
-          f"{'ours, eos on':>13s}")
+          f"{'ours tok/s':>11s} {'generate tok/s':>15s} {'ratio':>6s} {'mean tokens':>12s}")
     for batch in args.batches:
         problems = task.problems(1, max(1, batch // args.group), "train", seed=batch)
         prompts = [policy.prompt_ids(p.prompt) for p in problems for _ in range(args.group)][:batch]
@@ -105,21 +123,31 @@ def main() -> int:
             return sample(model, prompts, eos_ids=set(eos_ids), pad_id=policy.pad_id,
                           max_new_tokens=new_tokens, temperature=1.0, dtype=sample_dtype)
 
-        def theirs(new_tokens):
+        def theirs(new_tokens, eos_ids=None):
             with torch.no_grad():
                 return model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
                                       top_p=1.0, top_k=0, max_new_tokens=new_tokens,
-                                      min_new_tokens=new_tokens, pad_token_id=policy.pad_id)
+                                      min_new_tokens=0 if eos_ids else new_tokens, pad_token_id=policy.pad_id,
+                                      eos_token_id=sorted(eos_ids) if eos_ids else None)
+
+        def their_tokens(out) -> int:
+            """Each row's new tokens up to and including its first end of sequence."""
+            new = out[:, ids.shape[1]:]
+            ended = torch.isin(new, torch.tensor(sorted(policy.eos_ids), device=new.device))
+            first = torch.where(ended.any(1), ended.int().argmax(1) + 1, new.shape[1])
+            return int(first.sum())
 
         our_rate = tokens / timed(ours, args.new_tokens, args.repeats)
-        began = time.perf_counter()
-        eos_rate = ours(args.new_tokens, policy.eos_ids).tokens / (time.perf_counter() - began)
+        our_eos = eos_rate(lambda: ours(args.new_tokens, policy.eos_ids).tokens, args.repeats)
         if args.skip_generate:
-            print(f"{batch:5d} {ids.shape[1]:6d} {our_rate:11.1f} {'-':>15s} {'-':>6s} {eos_rate:13.1f}")
+            print(f"{batch:5d} {ids.shape[1]:6d} {our_rate:11.1f} {'-':>15s} {'-':>6s} {our_eos[0]:11.1f} "
+                  f"{'-':>15s} {'-':>6s} {our_eos[1]:12.1f}")
             continue
         their_rate = tokens / timed(theirs, args.new_tokens, args.repeats)
+        their_eos = eos_rate(lambda: their_tokens(theirs(args.new_tokens, policy.eos_ids)), args.repeats)
         print(f"{batch:5d} {ids.shape[1]:6d} {our_rate:11.1f} {their_rate:15.1f} {our_rate / their_rate:5.2f}x "
-              f"{eos_rate:13.1f}")
+              f"{our_eos[0]:11.1f} {their_eos[0]:15.1f} {our_eos[0] / their_eos[0]:5.2f}x "
+              f"{our_eos[1] / batch:5.1f}/{their_eos[1] / batch:<5.1f}")
         sys.stdout.flush()
     return 0
 
