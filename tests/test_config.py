@@ -104,6 +104,9 @@ def test_bad_combinations_are_rejected_naming_the_field(small: Path) -> None:
     assert "model.path is required" in error_of(small, "model.kind=pretrained")
     assert "max_level (1) is below start_level (2)" in error_of(small, "stages.1.max_level=1", "stages.1.start_level=2")
     assert "stage names must be unique: warm" in error_of(small, "stages.1.name=warm")
+    shrink = error_of(small, "stages.1={name: cut, kind: shrink, steps: 5, gate: {patience: 2}}")
+    assert shrink.startswith(f"{small}: stages.1") and "gate.patience: a shrink stage" in shrink
+    assert "stages.1.gate.patience" in error_of(small, "stages.1.gate.patience=0")
 
 
 @pytest.mark.parametrize(("override", "words"), [

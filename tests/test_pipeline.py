@@ -261,3 +261,36 @@ def test_draw_problems_splits_a_batch_into_current_replayed_and_lookahead_levels
     assert small[2] >= 1 and sum(small.values()) == 3
     for n in range(1, 6):  # never more problems than asked for
         assert len(draw_problems(pools, 2, n, 0.6, random.Random(0), lookahead=0.3)) == n
+
+
+def test_plateau_counts_evaluations_without_a_new_best_and_survives_a_resume() -> None:
+    from shrinkthink.stages import Plateau
+
+    plateau = Plateau(patience=2, min_delta=0.05)
+    # 0.5 is the best; 0.52 is within min_delta (no progress); 0.6 is progress and resets the count
+    assert [plateau.update(a) for a in (0.5, 0.52, 0.6, 0.58)] == [False, False, False, False]
+    assert plateau.since == 1 and plateau.best == 0.6
+    resumed = Plateau(patience=2, min_delta=0.05)
+    resumed.load(plateau.state())
+    assert resumed.update(0.64) is True  # the second evaluation without beating 0.6 by 0.05
+    assert "2 evaluations without beating 0.60" in resumed.reason()
+    assert not any(Plateau(patience=None).update(0.1) for _ in range(5))  # off by default
+
+
+def test_explore_leaves_on_a_plateau_at_its_top_level(tmp_path: Path) -> None:
+    """A policy that cannot learn (learning rate ~0) keeps one accuracy: with patience 2 explore
+    stops at the third evaluation, long before its step budget, and says why."""
+    config = load_config_text(tmp_path, CONFIG, [
+        "stages.0.steps=0", "stages.1.steps=20", "stages.1.max_level=1", "stages.1.eval_every=1",
+        "stages.1.learner.lr=1e-12", "stages.1.gate.patience=2", "stages.1.learner.group_size=2",
+        "stages.1.learner.problems_per_step=2", "stages.1.sampling.max_new_tokens=8"])
+    run_pipeline(config, run_dir=str(tmp_path / "run"), progress=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    climb = next(s for s in summary["stages"] if s["name"] == "climb")
+    assert climb["steps"] == 3 and climb["stop_reason"].startswith("gate: plateau, 2 evaluations")
+
+
+def load_config_text(tmp_path: Path, text: str, overrides: list[str]):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return load_config(path, overrides)

@@ -166,6 +166,8 @@ Editor = Annotated[Union[AblationCriticEditor, LLMCriticEditor, ParaphraseEditor
 
 class Gate(Strict):
     accuracy: float | None = Field(None, ge=0, le=1, description="leave the stage once held-out greedy accuracy reaches this")
+    patience: int | None = Field(None, ge=1, description="early stopping: also leave once held-out accuracy has gone this many evaluations in a row without beating its best by more than min_delta (explore: counted at max_level; latent: in the last curriculum phase; not for shrink, which trades accuracy for tokens). Off: null")
+    min_delta: float = Field(0.0, ge=0, le=1, description="patience: the gain over the best accuracy that counts as progress")
 
 
 class StageBase(Strict):
@@ -274,6 +276,13 @@ class ShrinkStage(StageBase):
     probe_problems: int = Field(32, ge=0, description="held-out transcripts for the steganography probe at each evaluation (with a paraphrase editor)")
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     sampling: Sampling = Field(default_factory=Sampling)
+
+    @model_validator(mode="after")
+    def _no_patience(self):
+        if self.gate.patience is not None:
+            raise ValueError("gate.patience: a shrink stage trades accuracy for tokens, so a stall in accuracy "
+                             "is not convergence; it ends on its step budget or gate.accuracy")
+        return self
 
 
 Stage = Annotated[Union[WarmStartStage, ExploreStage, ShrinkStage, LatentStage], Field(discriminator="kind")]

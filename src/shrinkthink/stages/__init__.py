@@ -27,6 +27,34 @@ class StageResult:
 
 
 @dataclass
+class Plateau:
+    """Early stopping on held-out accuracy (`gate.patience`): `update` says whether `patience`
+    evaluations in a row have gone by without beating the best by more than `min_delta`."""
+
+    patience: int | None
+    min_delta: float = 0.0
+    best: float | None = None
+    since: int = 0  # evaluations since the best
+
+    def update(self, accuracy: float) -> bool:
+        if self.best is None or accuracy > self.best + self.min_delta:
+            self.best, self.since = accuracy, 0
+        else:
+            self.since += 1
+        return self.patience is not None and self.since >= self.patience
+
+    def reason(self) -> str:
+        return f"gate: plateau, {self.since} evaluations without beating {self.best:.2f}"
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "since": self.since}
+
+    def load(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.best, self.since = state["best"], state["since"]
+
+
+@dataclass
 class StageContext:
     config: RunConfig
     policy: Policy

@@ -18,7 +18,7 @@ from shrinkthink.config import ExploreStage
 from shrinkthink.criteria import Batch, apply_criteria, build_criteria
 from shrinkthink.learners import Learner
 from shrinkthink.records import Episode, Problem
-from shrinkthink.stages import StageContext, StageResult
+from shrinkthink.stages import Plateau, StageContext, StageResult
 from shrinkthink.tasks.base import reasoning_part
 
 POOL_PER_LEVEL = 4000
@@ -93,10 +93,12 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
     pools = {lv: task.problems(lv, POOL_PER_LEVEL, "train", seed=seed) for lv in range(task.min_level, stage.max_level + 1)}
     level, start = stage.start_level, 0
     reference_tokens = None  # criteria only: the first batch's mean reasoning tokens
+    plateau = Plateau(stage.gate.patience, stage.gate.min_delta)  # counted at max_level only
     if ctx.resume_state:
         start = ctx.resume_state["stage_step"]
         level = ctx.resume_state["stage_state"]["level"]
         reference_tokens = ctx.resume_state["stage_state"].get("reference_tokens")
+        plateau.load(ctx.resume_state["stage_state"].get("plateau"))
         learner.load_state_dict(ctx.resume_state["trainer"])
     criteria = []
     bar = ctx.bar(stage.steps, start)
@@ -157,11 +159,14 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
                 record["promoted_to"] = level
             elif level == stage.max_level and stage.gate.accuracy is not None and accuracy >= stage.gate.accuracy:
                 stop_reason = f"gate: accuracy {accuracy:.2f} at level {level}"
+            elif level == stage.max_level and plateau.update(accuracy):
+                stop_reason = f"{plateau.reason()} at level {level}"
         ctx.log(done, **record)
         bar.set_postfix(level=level, reward=f"{record['reward']:.2f}", acc=shown)
         bar.update(1)
         if done % stage.checkpoint_every == 0 and done < stage.steps:
-            ctx.checkpoint(done, learner.state_dict(), {"level": level, "reference_tokens": reference_tokens})
+            ctx.checkpoint(done, learner.state_dict(), {"level": level, "reference_tokens": reference_tokens,
+                                                        "plateau": plateau.state()})
         if stop_reason != "step budget":
             break
     bar.close()

@@ -27,7 +27,7 @@ from shrinkthink.config import LatentStage
 from shrinkthink.latent import coconut, icot
 from shrinkthink.learners import make_optimizer, supervised_step
 from shrinkthink.records import Problem
-from shrinkthink.stages import StageContext, StageResult
+from shrinkthink.stages import Plateau, StageContext, StageResult
 from shrinkthink.tasks.base import ANSWER_PREFIX, reasoning_part
 
 
@@ -117,11 +117,13 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
 
     optimizer = make_optimizer(policy, stage.lr)
     start, phase, phase_start = 0, phase_at(0), 0
+    plateau = Plateau(stage.gate.patience, stage.gate.min_delta)  # counted in the last phase only
     if ctx.resume_state:
         start = ctx.resume_state["stage_step"]
         phase = ctx.resume_state["stage_state"]["phase"]
         phase_start = ctx.resume_state["stage_state"]["phase_start"]
         optimizer.load_state_dict(ctx.resume_state["trainer"]["optimizer"])
+        plateau.load(ctx.resume_state["stage_state"].get("plateau"))
     policy.latent = latent_mode(phase)
     bar = ctx.bar(stage.steps, start)
     stop_reason, step = "step budget", start
@@ -185,10 +187,13 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
             # the gate only ends a finished curriculum: earlier, accuracy is bought with visible reasoning
             if final(phase) and stage.gate.accuracy is not None and evaluation.accuracy >= stage.gate.accuracy:
                 stop_reason = f"gate: accuracy {evaluation.accuracy:.2f}"
+            elif final(phase) and plateau.update(evaluation.accuracy):
+                stop_reason = plateau.reason()
         ctx.log(done, **record)
         bar.update(1)
         if done % stage.checkpoint_every == 0 and done < stage.steps:
-            ctx.checkpoint(done, {"optimizer": optimizer.state_dict()}, {"phase": phase, "phase_start": phase_start})
+            ctx.checkpoint(done, {"optimizer": optimizer.state_dict()}, {"phase": phase, "phase_start": phase_start,
+                                                                          "plateau": plateau.state()})
         if stop_reason != "step budget":
             break
     bar.close()

@@ -15,7 +15,7 @@ import torch
 
 from shrinkthink.config import WarmStartStage
 from shrinkthink.learners import make_optimizer, supervised_step
-from shrinkthink.stages import StageContext, StageResult
+from shrinkthink.stages import Plateau, StageContext, StageResult
 
 POOL_PER_LEVEL = 4000
 
@@ -34,9 +34,11 @@ def run(ctx: StageContext, stage: WarmStartStage) -> StageResult:
     pool = [p for level in stage.levels for p in task.problems(level, POOL_PER_LEVEL, "train", seed=seed)]
     optimizer = make_optimizer(policy, stage.lr)
     start = 0
+    plateau = Plateau(stage.gate.patience, stage.gate.min_delta)
     if ctx.resume_state:
         start = ctx.resume_state["stage_step"]
         optimizer.load_state_dict(ctx.resume_state["trainer"]["optimizer"])
+        plateau.load(ctx.resume_state["stage_state"].get("plateau"))
     habit = stage.recheck > 0
     max_new = max(len(policy.completion_ids(task.demonstration(p, random.Random(0), stage.digression_rate, habit)))
                   for p in pool[:: max(1, len(pool) // 200)]) * 2
@@ -73,10 +75,12 @@ def run(ctx: StageContext, stage: WarmStartStage) -> StageResult:
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{evaluation.accuracy:.2f}")
             if stage.gate.accuracy is not None and evaluation.accuracy >= stage.gate.accuracy:
                 stop_reason = f"gate: accuracy {evaluation.accuracy:.2f}"
+            elif plateau.update(evaluation.accuracy):
+                stop_reason = plateau.reason()
         ctx.log(done, **record)
         bar.update(1)
         if done % stage.checkpoint_every == 0 and done < stage.steps:
-            ctx.checkpoint(done, {"optimizer": optimizer.state_dict()}, {})
+            ctx.checkpoint(done, {"optimizer": optimizer.state_dict()}, {"plateau": plateau.state()})
         if stop_reason != "step budget":
             break
     bar.close()
