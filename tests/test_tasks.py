@@ -151,6 +151,26 @@ def test_a_slip_in_a_sum_is_an_error_not_a_digression_and_the_chain_after_it_cou
     assert [necessary for _, necessary in task.classify_steps(problem, skipped)] == [False]
 
 
+def test_a_slip_in_the_carry_format_is_an_error_not_a_digression() -> None:
+    task = ArithTask(min_operand=1, max_operand=20, step_format="carry")
+    problem = task.generate(3, random.Random(0))  # four terms: three carry lines
+    terms = problem.metadata["terms"]
+    wrong = terms[0] + terms[1] + 10
+    transcript = "\n".join([f"{wrong}+{terms[2]}+{terms[3]}",           # a slip: still the next step
+                             f"check {terms[0]}+{terms[1]}={wrong}",      # a re-check: a digression
+                             f"{wrong}+{terms[2]}+{terms[3]}",            # a repeat: a digression
+                             f"{wrong + terms[2]}+{terms[1]}",           # the wrong term left: a digression
+                             f"{wrong + terms[2]} + {terms[3]}",         # carries on from the slip
+                             f"{wrong + terms[2] + terms[3]}",
+                             f"Answer: {wrong + terms[2] + terms[3]}"])
+    assert [necessary for _, necessary in task.classify_steps(problem, transcript)] == \
+        [True, False, False, False, True, True]
+    assert task.score(problem, transcript) == 0.0
+    # the gold transcript, every line necessary; a skipped term is not the next step
+    assert all(necessary for _, necessary in task.classify_steps(problem, "\n".join(problem.steps)))
+    assert [n for _, n in task.classify_steps(problem, f"{terms[0] + terms[2]}+{terms[3]}")] == [False]
+
+
 def test_arith_formats() -> None:
     problem = Problem(id="x", prompt="12+7+30=?", answer="49", metadata={"terms": [12, 7, 30]})
     values = running_values([12, 7, 30], ["+", "+"])

@@ -141,18 +141,24 @@ class ArithTask(Task):
         return forms
 
     def is_next_step(self, problem: Problem, index: int, line: str, taken: list[str]) -> bool:
-        """The gold step, or in the `refer` format the transcript's own next step: its last
-        running value and the next term, whatever the result. A slip in a sum (`18+11=39`) is an
-        error, which accuracy counts, and the lines that carry on from the wrong value (`39+5=44`)
-        are the chain itself, not side computations. Without this, one slip made every later line
-        a digression."""
+        """The gold step, or the transcript's own next step whatever its result. In the `refer`
+        format: its last running value and the next term (`39+5=44` after `18+11=39`); in the
+        `carry` format: any leading value and the gold rest of the expression (`39+5` where the
+        gold line is `29+5`; the last line, any number). A slip in a sum is an error, which
+        accuracy counts, and the lines that carry on from the wrong value are the chain itself,
+        not side computations. Without this, one slip made every later line a digression."""
         if super().is_next_step(problem, index, line, taken):
             return True
-        parsed = parse_step(line)
-        if self.step_format != "refer" or parsed is None or parsed[0] is None:
-            return False
         terms, ops = problem.metadata["terms"], problem.metadata["ops"]
         if index >= len(ops):
+            return False
+        if self.step_format == "carry":
+            text = "".join(line.split())
+            rest = expression([0] + terms[index + 2:], ops[index + 1:])[1:]  # the gold line after its value
+            value = text[: len(text) - len(rest)] if text.endswith(rest) else ""
+            return value.isdigit()
+        parsed = parse_step(line)
+        if parsed is None or parsed[0] is None:
             return False
         last = parse_step(taken[-1]) if taken else None
         running = last[3] if last else running_values(terms, ops)[index]
