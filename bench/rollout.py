@@ -61,33 +61,28 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def clocked(fn):
+    """fn()'s result and the seconds it took, the device's queued work included."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    result = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - began
+
+
 def timed(fn, new_tokens: int, repeats: int) -> float:
     """Best seconds of `repeats` calls of fn(new_tokens), after a short untimed warm-up call."""
     fn(8)  # allocator, lazy init, first-call kernels
-    best = float("inf")
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        began = time.perf_counter()
-        fn(new_tokens)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - began)
-    return best
+    return min(clocked(lambda: fn(new_tokens))[1] for _ in range(repeats))
 
 
 def eos_rate(fn, repeats: int) -> tuple[float, float]:
     """Tokens per second over `repeats` calls of fn() (each returns the tokens it sampled), and the
     mean tokens a call."""
-    tokens = seconds = 0.0
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        began = time.perf_counter()
-        tokens += fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - began
+    runs = [clocked(fn) for _ in range(repeats)]
+    tokens, seconds = sum(t for t, _ in runs), sum(s for _, s in runs)
     return tokens / seconds, tokens / repeats
 
 

@@ -277,10 +277,10 @@ def test_plateau_counts_evaluations_without_a_new_best_and_survives_a_resume() -
     assert not any(Plateau(patience=None).update(0.1) for _ in range(5))  # off by default
 
 
-def test_explore_leaves_on_a_plateau_at_its_top_level(tmp_path: Path) -> None:
+def test_explore_leaves_on_a_plateau_at_its_top_level(config_path: Path, tmp_path: Path) -> None:
     """A policy that cannot learn (learning rate ~0) keeps one accuracy: with patience 2 explore
     stops at the third evaluation, long before its step budget, and says why."""
-    config = load_config_text(tmp_path, CONFIG, [
+    config = load_config(config_path, [
         "stages.0.steps=0", "stages.1.steps=20", "stages.1.max_level=1", "stages.1.eval_every=1",
         "stages.1.learner.lr=1e-12", "stages.1.gate.patience=2", "stages.1.learner.group_size=2",
         "stages.1.learner.problems_per_step=2", "stages.1.sampling.max_new_tokens=8"])
@@ -288,9 +288,3 @@ def test_explore_leaves_on_a_plateau_at_its_top_level(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     climb = next(s for s in summary["stages"] if s["name"] == "climb")
     assert climb["steps"] == 3 and climb["stop_reason"].startswith("gate: plateau, 2 evaluations")
-
-
-def load_config_text(tmp_path: Path, text: str, overrides: list[str]):
-    path = tmp_path / "config.yaml"
-    path.write_text(text)
-    return load_config(path, overrides)

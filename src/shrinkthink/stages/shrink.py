@@ -44,16 +44,16 @@ from shrinkthink.stages import StageContext, StageResult, load_weights
 from shrinkthink.stages.explore import POOL_PER_LEVEL, batch_record, draw_problems, rollout
 
 
-PLATEAU = 0.02  # reasoning-token counts this close to the fewest are a tie, broken by accuracy
+TOKEN_TIE = 0.02  # reasoning-token counts this close to the fewest are a tie, broken by accuracy
 
 
 def next_best(best: dict, step: int, accuracy: float, tokens: float) -> tuple[dict, bool]:
     """`best` ({step, accuracy, tokens, fewest}) after an evaluation at `step` whose accuracy
     held, and whether that evaluation's policy is the new best: clearly fewer tokens (more than
-    `PLATEAU` below the best's), or more accurate on the plateau of the fewest tokens seen so far
-    (within `PLATEAU` above them, so a run of ties cannot creep upwards)."""
+    `TOKEN_TIE` below the best's), or more accurate on the plateau of the fewest tokens seen so far
+    (within `TOKEN_TIE` above them, so a run of ties cannot creep upwards)."""
     fewest = min(best.get("fewest", best["tokens"]), tokens)
-    if tokens < best["tokens"] * (1 - PLATEAU) or (tokens <= fewest * (1 + PLATEAU) and accuracy > best["accuracy"]):
+    if tokens < best["tokens"] * (1 - TOKEN_TIE) or (tokens <= fewest * (1 + TOKEN_TIE) and accuracy > best["accuracy"]):
         return {"step": step, "accuracy": accuracy, "tokens": tokens, "fewest": fewest}, True
     return {**best, "fewest": fewest}, False
 

@@ -154,7 +154,7 @@ class ArithTask(Task):
             return False
         if self.step_format == "carry":
             text = "".join(line.split())
-            rest = expression([0] + terms[index + 2:], ops[index + 1:])[1:]  # the gold line after its value
+            rest = operations(ops[index + 1:], terms[index + 2:])  # the gold line after its value
             value = text[: len(text) - len(rest)] if text.endswith(rest) else ""
             return value.isdigit()
         parsed = parse_step(line)
@@ -206,7 +206,12 @@ class ArithTask(Task):
 
 def expression(terms: list[int], ops: list[str]) -> str:
     """`12+7-3`: the terms joined by their operators."""
-    return str(terms[0]) + "".join(op + str(term) for op, term in zip(ops, terms[1:]))
+    return str(terms[0]) + operations(ops, terms[1:])
+
+
+def operations(ops: list[str], terms: list[int]) -> str:
+    """`+7-3`: each operator with the term it applies."""
+    return "".join(op + str(term) for op, term in zip(ops, terms))
 
 
 def running_values(terms: list[int], ops: list[str]) -> list[int]:
