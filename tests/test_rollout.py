@@ -16,6 +16,8 @@ from shrinkthink.model import tiny_policy
 from shrinkthink.policy import Policy
 
 TEXTS = ["1", "12+7+30=?", "3=?", "99+1+2+3+4+5+6=?", "4+4=?", "7+1+2=?", "x", "123+456=?"]
+# Prompts that open alike (a chat template's system turn): the prefix is prefilled once for all rows.
+PREFIX = "Add these up, then answer: "
 EOS_BIAS = 1e4
 
 
@@ -49,9 +51,18 @@ def greedy_reference(model, prompt: list[int], max_new_tokens: int) -> list[int]
     return out[0, len(prompt):].tolist()
 
 
-def test_greedy_sampling_equals_generate_per_prompt(policy: Policy) -> None:
-    prompts = [policy.prompt_ids(t) for t in TEXTS]
+def test_shared_prefix_leaves_each_prompt_a_token_and_skips_short_ones() -> None:
+    assert rollout.shared_prefix([list(range(20)), list(range(12)) + [99]]) == 12
+    assert rollout.shared_prefix([list(range(12)), list(range(12))]) == 11  # the last is each row's own
+    assert rollout.shared_prefix([list(range(20)), [0, 1, 2, 99]]) == 0  # under MIN_SHARED_PREFIX
+    assert rollout.shared_prefix([list(range(20))]) == 0
+
+
+@pytest.mark.parametrize("prefix", ["", PREFIX])
+def test_greedy_sampling_equals_generate_per_prompt(policy: Policy, prefix: str) -> None:
+    prompts = [policy.prompt_ids(prefix + t) for t in TEXTS]
     assert len({len(p) for p in prompts}) > 4  # really different lengths: padding matters
+    assert rollout.shared_prefix(prompts) >= (len(prefix) if prefix else 0)
     samples = policy.sample(prompts, max_new_tokens=24, greedy=True)
     for prompt, completion in zip(prompts, samples.completion_ids):
         assert completion == greedy_reference(policy.model, prompt, 24)
@@ -67,9 +78,9 @@ def reference_logprobs(model, prompt: list[int], completion: list[int], temperat
     return [float(logp[len(prompt) - 1 + i, token]) for i, token in enumerate(completion)]
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_sampled_logprobs_equal_a_full_forward_pass(policy: Policy, temperature: float) -> None:
-    prompts = [policy.prompt_ids(t) for t in TEXTS for _ in range(2)]
+@pytest.mark.parametrize(("temperature", "prefix"), [(1.0, ""), (0.7, ""), (1.0, PREFIX)])
+def test_sampled_logprobs_equal_a_full_forward_pass(policy: Policy, temperature: float, prefix: str) -> None:
+    prompts = [policy.prompt_ids(prefix + t) for t in TEXTS for _ in range(2)]
     torch.manual_seed(0)
     samples = policy.sample(prompts, max_new_tokens=16, temperature=temperature)
     for prompt, completion, logprobs in zip(prompts, samples.completion_ids, samples.logprobs):
@@ -199,7 +210,7 @@ def test_bfloat16_decoder_tracks_the_float32_model() -> None:
     with torch.no_grad():
         reference = model(input_ids=ids).logits.log_softmax(-1)
         decoder = LlamaDecoder(model, 4, ids.shape[1], dtype=torch.bfloat16)
-        assert decoder.qkv[0][0].dtype == torch.bfloat16
+        assert decoder.qkv[0].weight.dtype == torch.bfloat16
         prefill = decoder.prefill(ids[:, :-1], mask[:, :-1], positions[:, :-1]).log_softmax(-1)
         step = decoder.step(ids[:, -1], torch.ones(4, dtype=torch.bool), positions[:, -1]).log_softmax(-1)
     uniform = -math.log(reference.shape[-1])
@@ -246,3 +257,25 @@ def test_draw_follows_the_probabilities_and_never_picks_a_zero() -> None:
     assert first[1] == 0 and (draws[:, 1] == 3).all() and set(draws[:, 2].tolist()) == {0, 1}
     again = torch.Generator().manual_seed(0)
     assert torch.equal(rollout.draw(probs, again), draws[0])  # reproducible from the generator
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_projection_is_the_fused_linears_plus_bias_and_residual(monkeypatch, packed: bool) -> None:
+    """The decoder's matmul, on oneDNN's prepacked weights or on `mm`: q, k and v fused into one
+    call equal the three linears, with their biases, on 2-D (decode) and 3-D (prefill) input, and
+    a residual is added inside the call."""
+    from shrinkthink import decoders
+
+    if packed and not decoders.onednn_packs(torch.float32):
+        pytest.skip("no oneDNN on this CPU")
+    monkeypatch.setattr(decoders, "onednn_packs", lambda dtype: packed)
+    torch.manual_seed(0)
+    linears = [torch.nn.Linear(16, out) for out in (16, 8, 8)]
+    projection = decoders.Projection(linears, torch.float32, batch=4)
+    assert projection.packed == packed
+    for shape in ((5, 16), (3, 7, 16)):  # a row count other than the packing hint
+        x = torch.randn(shape)
+        residual = torch.randn(*shape[:-1], 32)
+        expected = torch.cat([linear(x) for linear in linears], dim=-1).detach()
+        assert torch.allclose(projection(x), expected, atol=1e-5)
+        assert torch.allclose(projection(x, residual=residual), expected + residual, atol=1e-5)

@@ -12,6 +12,8 @@ Both take left-padded batches whose rows all write their next token into the sam
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
@@ -87,18 +89,20 @@ class LlamaDecoder:
         self.norms = [(layer.input_layernorm.weight.detach().to(stream),
                        layer.post_attention_layernorm.weight.detach().to(stream)) for layer in self.core.layers]
         self.final_norm = self.core.norm.weight.detach().to(stream)
-        # One matmul for q, k and v and one for gate and up: fewer calls per token. Every weight is
-        # stored transposed and contiguous (on the dev CPU `mm` then takes 4.4 us at batch 8 x 128
-        # against 9.4 us for `F.linear`), copied afresh for every batch so it matches the model
-        # being trained.
+        # One matmul for q, k and v and one for gate and up: fewer calls per token. The weights
+        # are copied afresh for every batch, so they match the model being trained.
         with torch.no_grad():
             attentions = [block.self_attn for block in self.core.layers]
             mlps = [block.mlp for block in self.core.layers]
-            self.qkv = [_fuse(dtype, a.q_proj, a.k_proj, a.v_proj) for a in attentions]
-            self.gate_up = [_fuse(dtype, m.gate_proj, m.up_proj) for m in mlps]
-            self.o = [_fuse(dtype, a.o_proj) for a in attentions]
-            self.down = [_fuse(dtype, m.down_proj) for m in mlps]
-            self.head = _fuse(dtype, model.lm_head)
+
+            def fuse(*linears):
+                return Projection(linears, dtype, batch)
+
+            self.qkv = [fuse(a.q_proj, a.k_proj, a.v_proj) for a in attentions]
+            self.gate_up = [fuse(m.gate_proj, m.up_proj) for m in mlps]
+            self.o = [fuse(a.o_proj) for a in attentions]
+            self.down = [fuse(m.down_proj) for m in mlps]
+            self.head = fuse(model.lm_head)
         shape = (len(self.core.layers), batch, self.kv_heads, max_len, self.head_dim)
         self.keys = torch.zeros(shape, dtype=stream, device=parameter.device)
         self.values = torch.zeros_like(self.keys)
@@ -143,18 +147,20 @@ class LlamaDecoder:
         cos, signed = self._rope(hidden, positions)
         cos, signed = cos.to(dtype), signed.to(dtype)
         half = self.head_dim // 2
+        # A batch of one row into a wider cache is a prefix all rows share (`prefill`): its keys
+        # and values are written to every row, and it attends over the first row's.
         if width == 1:
-            bias = self.bias[:, :1, :, :end].to(dtype)  # [B, 1, 1, end]: one additive mask for every layer
+            bias = self.bias[:batch, :1, :, :end].to(dtype)  # [B, 1, 1, end]: one additive mask for every layer
         else:
             causal = torch.ones((width, end), dtype=torch.bool, device=ids.device).tril(diagonal=start)
-            allowed = (self.bias[:, :1, :, :end] == 0) & causal
+            allowed = (self.bias[:batch, :1, :, :end] == 0) & causal
             # A padding query may see no key at all; letting it see itself keeps softmax finite.
             allowed[:, :, torch.arange(width), torch.arange(start, end)] = True
         q_heads, kv_heads = self.heads, self.kv_heads
         for index, layer in enumerate(self.core.layers):
             eps_attention, eps_mlp = self.eps[index]
             x = F.rms_norm(hidden, (hidden.shape[-1],), self.norms[index][0].to(dtype), eps_attention)
-            qkv = _linear(x, *self.qkv[index]).view(batch, width, q_heads + 2 * kv_heads, self.head_dim)
+            qkv = self.qkv[index](x).view(batch, width, q_heads + 2 * kv_heads, self.head_dim)
             # q and k rotate together: they share the positions
             qk = qkv[:, :, : q_heads + kv_heads]
             qk = qk * cos + qk.roll(half, dims=-1) * signed
@@ -163,7 +169,7 @@ class LlamaDecoder:
             v = qkv[:, :, q_heads + kv_heads:].transpose(1, 2)
             self.keys[index, :, :, start:end] = k
             self.values[index, :, :, start:end] = v
-            keys, values = self.keys[index, :, :, :end].to(dtype), self.values[index, :, :, :end].to(dtype)
+            keys, values = self.keys[index, :batch, :, :end].to(dtype), self.values[index, :batch, :, :end].to(dtype)
             if width == 1:
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scaling,
                                                      enable_gqa=self.heads != self.kv_heads)
@@ -171,14 +177,14 @@ class LlamaDecoder:
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, scale=self.scaling,
                                                      enable_gqa=self.heads != self.kv_heads)
             out = out.transpose(1, 2).reshape(batch, -1) if width == 1 else out.transpose(1, 2).reshape(batch, width, -1)
-            hidden = _linear(out, *self.o[index], residual=hidden)
+            hidden = self.o[index](out, residual=hidden)
             x = F.rms_norm(hidden, (hidden.shape[-1],), self.norms[index][1].to(dtype), eps_mlp)
-            gate, up = _linear(x, *self.gate_up[index]).chunk(2, dim=-1)
-            hidden = _linear(self.act(gate) * up, *self.down[index], residual=hidden)
+            gate, up = self.gate_up[index](x).chunk(2, dim=-1)
+            hidden = self.down[index](self.act(gate) * up, residual=hidden)
         self.length = end
         last = hidden if width == 1 else hidden[:, -1]
         last = F.rms_norm(last, (last.shape[-1],), self.final_norm.to(dtype), self.core.norm.variance_epsilon)
-        return _linear(last, *self.head).float()
+        return self.head(last).float()
 
     def _forward_one(self, ids, positions) -> torch.Tensor:
         """One new token per row on a CPU: the same layers as `_forward` in fewer calls. Attention
@@ -196,7 +202,7 @@ class LlamaDecoder:
         for index, layer in enumerate(self.core.layers):
             eps_attention, eps_mlp = self.eps[index]
             x = F.rms_norm(hidden, (hidden.shape[-1],), self.norms[index][0], eps_attention).to(mm)
-            qkv = _linear(x, *self.qkv[index]).float().view(batch, heads + 2 * kv_heads, dim)
+            qkv = self.qkv[index](x).float().view(batch, heads + 2 * kv_heads, dim)
             qk = qkv[:, : heads + kv_heads]
             qk = torch.addcmul(qk * cos, qk.roll(dim // 2, dims=-1), signed)
             self.keys[index, :, :, position] = qk[:, heads:]
@@ -206,17 +212,20 @@ class LlamaDecoder:
             values = self.values[index, :, :, :end].reshape(batch * kv_heads, end, dim)
             scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=self.scaling)
             out = torch.bmm(scores.softmax(-1), values).view(batch, heads * dim).to(mm)
-            hidden = _linear(out, *self.o[index], residual=hidden)
+            hidden = self.o[index](out, residual=hidden)
             x = F.rms_norm(hidden, (hidden.shape[-1],), self.norms[index][1], eps_mlp).to(mm)
-            gate, up = _linear(x, *self.gate_up[index]).chunk(2, dim=-1)
-            hidden = _linear(self.act(gate) * up, *self.down[index], residual=hidden)
+            gate, up = self.gate_up[index](x).chunk(2, dim=-1)
+            hidden = self.down[index](self.act(gate) * up, residual=hidden)
         self.length = end
         last = F.rms_norm(hidden, (hidden.shape[-1],), self.final_norm, self.core.norm.variance_epsilon).to(mm)
-        return _linear(last, *self.head).float()
+        return self.head(last).float()
 
     def prefill(self, ids, mask, positions) -> torch.Tensor:
-        width = ids.shape[1]
-        self.bias[..., :width].masked_fill_(mask.bool()[:, None, None, :], 0.0)
+        """Append `ids` [rows, width] to the cache and return the last column's logits. Called
+        more than once, each call continues the cache; one row when the cache holds more is a
+        prefix every row shares, written once into all of them."""
+        start, width = self.length, ids.shape[1]
+        self.bias[..., start:start + width].masked_fill_(mask.bool()[:, None, None, :], 0.0)
         return self._forward(ids, positions)
 
     def step(self, token, live, position) -> torch.Tensor:
@@ -247,27 +256,61 @@ def _weight(linear: torch.nn.Module) -> torch.Tensor:
     return weight
 
 
-def _fuse(dtype: torch.dtype, *linears: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The linears' weights stacked and transposed, [in, sum of outs], and their biases, in `dtype`."""
-    weight = torch.cat([_weight(linear) for linear in linears]).t().to(dtype, memory_format=torch.contiguous_format)
-    biases = [getattr(linear, "bias", None) for linear in linears]
-    return weight, (torch.cat(biases).to(dtype) if all(b is not None for b in biases) else None)
+@functools.cache
+def onednn_packs(dtype: torch.dtype) -> bool:
+    """Whether this CPU's oneDNN takes prepacked weights in `dtype` and computes what `mm` does (a
+    probe, once per dtype: the ops are the ones `torch.compile` uses for frozen CPU linears)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        # fixed values: a draw from the global generator would shift the first sampling call's stream
+        weight = torch.linspace(-1, 1, 128).view(8, 16).to(dtype)
+        x = torch.linspace(1, -0.5, 64).view(4, 16).to(dtype)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 4)
+        out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+    return torch.allclose(out.float(), (x @ weight.t()).float(), atol=1e-2, rtol=1e-2)
 
 
-def _linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None,
-            residual: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight_t (+ bias) (+ residual), in one call where x is 2-D and the residual has x's
-    dtype; a residual of another dtype keeps its own (a float32 stream, bfloat16 projections)."""
-    if residual is not None and residual.dtype != x.dtype:
-        return residual + _linear(x, weight_t, bias).to(residual.dtype)
-    if x.dim() == 2:
-        if residual is not None:
-            out = torch.addmm(residual, x, weight_t)
-            return out if bias is None else out + bias
-        return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
-    out = torch.matmul(x, weight_t)
-    out = out if bias is None else out + bias
-    return out if residual is None else residual + out
+class Projection:
+    """One or more linears applied as one matmul: x @ W^T (+ bias) (+ residual), the weights
+    copied in `dtype`.
+
+    On a CPU the weight is prepacked for oneDNN's matmul kernel (`batch` is the expected rows, a
+    layout hint; any row count works). On the dev CPU (AMD EPYC, 2 threads) a 32-row float32
+    matmul against SmolLM2's projections then runs 2.2-3.9x faster than `mm` (MKL): 94 against
+    206 us for q/k/v, 259 against 709 us for gate/up, 4.9 against 19 ms for the vocabulary head.
+    Elsewhere the weight is stored transposed and contiguous for `mm`/`addmm` (on a CPU without
+    oneDNN those take 4.4 us at batch 8 x 128 against 9.4 us for `F.linear`)."""
+
+    def __init__(self, linears, dtype: torch.dtype, batch: int) -> None:
+        weight = torch.cat([_weight(linear) for linear in linears]).to(dtype)  # [out, in]
+        biases = [getattr(linear, "bias", None) for linear in linears]
+        self.bias = torch.cat(biases).to(dtype) if all(b is not None for b in biases) else None
+        self.packed = weight.device.type == "cpu" and onednn_packs(dtype)
+        if self.packed:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, batch)
+        else:
+            self.weight = weight.t().contiguous()  # [in, out]
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """A residual of another dtype than x keeps its own (a float32 stream, bfloat16
+        projections); one of x's dtype is added inside the matmul call."""
+        if residual is not None and residual.dtype != x.dtype:
+            return residual + self(x).to(residual.dtype)
+        if self.packed:
+            if residual is None:
+                return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+        if x.dim() == 2:
+            if residual is not None:
+                out = torch.addmm(residual, x, self.weight)
+                return out if self.bias is None else out + self.bias
+            return torch.mm(x, self.weight) if self.bias is None else torch.addmm(self.bias, x, self.weight)
+        out = torch.matmul(x, self.weight)
+        out = out if self.bias is None else out + self.bias
+        return out if residual is None else residual + out
 
 
 def make_decoder(model, batch: int, max_len: int):

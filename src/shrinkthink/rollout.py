@@ -16,6 +16,9 @@ from shrinkthink.decoders import HFDecoder, LlamaDecoder
 
 # Dropping finished rows copies the KV cache; do it only once this share of the batch is idle.
 COMPACT_IDLE_SHARE = 0.25
+# Prompts that open with the same tokens (a chat template's system turn, a task's instructions)
+# have that prefix prefilled once for all rows; a shorter one (a lone BOS) is not worth the call.
+MIN_SHARED_PREFIX = 8
 
 
 @dataclass
@@ -47,6 +50,18 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
         ids[row, width - len(prompt):] = torch.tensor(prompt)
         mask[row, width - len(prompt):] = 1
     return ids.to(device), mask.to(device)
+
+
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """How many leading tokens all prompts share, leaving each at least one of its own (its last
+    position's logits start the completion); 0 when under `MIN_SHARED_PREFIX`."""
+    if len(prompts) < 2:
+        return 0
+    shared = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for prompt in prompts[1:]:
+        shared = next((i for i in range(shared) if prompt[i] != first[i]), shared)
+    return shared if shared >= MIN_SHARED_PREFIX else 0
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -88,12 +103,17 @@ def sample(
     slot: dict[tuple[int, ...], int] = {}
     source = [slot.setdefault(tuple(p), len(slot)) for p in prompts] if lean else list(range(n))
     distinct = [list(p) for p in slot] if lean else prompts
-    ids, mask = left_pad(distinct, pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    shared = shared_prefix(distinct) if lean else 0
+    ids, mask = left_pad([p[shared:] for p in distinct], pad_id, device)
+    # A row's cache: the shared prefix, its padding, its own tokens; positions count real tokens.
+    positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
     if lean:
-        decoder = LlamaDecoder(model, len(distinct), ids.shape[1] + max_new_tokens, dtype=dtype)
+        decoder = LlamaDecoder(model, len(distinct), shared + ids.shape[1] + max_new_tokens, dtype=dtype)
     else:
         decoder = HFDecoder(model, dtype)
+    if shared:
+        prefix = torch.tensor([distinct[0][:shared]], device=device)
+        decoder.prefill(prefix, torch.ones_like(prefix), torch.arange(shared, device=device)[None])
     logits = decoder.prefill(ids, mask, positions)
     if len(distinct) < n:
         expand = torch.tensor(source, device=device)
