@@ -69,13 +69,16 @@ def test_greedy_sampling_equals_generate_per_prompt(policy: Policy, prefix: str)
     assert samples.tokens == sum(len(c) for c in samples.completion_ids)
 
 
-def reference_logprobs(model, prompt: list[int], completion: list[int], temperature: float) -> list[float]:
-    """log-softmax of one unpadded forward pass over prompt + completion."""
+def reference_logprobs(model, prompt: list[int], completion: list[int],
+                       temperature: float) -> tuple[list[float], float]:
+    """log-softmax of one unpadded forward pass over prompt + completion: each completion token's
+    log-probability, and the summed entropy of the distributions they were drawn from."""
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
-    logp = torch.log_softmax(logits / temperature, dim=-1)
-    return [float(logp[len(prompt) - 1 + i, token]) for i, token in enumerate(completion)]
+    logp = torch.log_softmax(logits / temperature, dim=-1)[len(prompt) - 1: len(prompt) - 1 + len(completion)]
+    entropy = -(logp.exp() * logp).sum()
+    return [float(logp[i, token]) for i, token in enumerate(completion)], float(entropy)
 
 
 @pytest.mark.parametrize(("temperature", "prefix"), [(1.0, ""), (0.7, ""), (1.0, PREFIX)])
@@ -83,10 +86,13 @@ def test_sampled_logprobs_equal_a_full_forward_pass(policy: Policy, temperature:
     prompts = [policy.prompt_ids(prefix + t) for t in TEXTS for _ in range(2)]
     torch.manual_seed(0)
     samples = policy.sample(prompts, max_new_tokens=16, temperature=temperature)
+    entropy = 0.0
     for prompt, completion, logprobs in zip(prompts, samples.completion_ids, samples.logprobs):
         assert len(logprobs) == len(completion) > 0
-        expected = reference_logprobs(policy.model, prompt, completion, temperature)
+        expected, row_entropy = reference_logprobs(policy.model, prompt, completion, temperature)
         assert torch.allclose(torch.tensor(logprobs), torch.tensor(expected), atol=1e-4)
+        entropy += row_entropy
+    assert samples.entropy_sum == pytest.approx(entropy, rel=1e-4)
     # the learner's right-padded batch recomputes the same numbers
     ids, attention, predictor, mask = pack(prompts, samples.completion_ids, policy.pad_id, "cpu")
     with torch.no_grad():
@@ -142,7 +148,7 @@ def test_sampled_logprobs_survive_compaction(policy: Policy, monkeypatch) -> Non
                                                       samples.finished):
         assert finished == (completion[-1] == eos)
         assert eos not in completion[:-1]
-        expected = reference_logprobs(forced, prompt, completion, 1.0)
+        expected, _ = reference_logprobs(forced, prompt, completion, 1.0)
         assert torch.allclose(torch.tensor(logprobs), torch.tensor(expected), atol=1e-4)
 
 

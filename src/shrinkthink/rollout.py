@@ -150,8 +150,10 @@ def sample(
     active, t = n, -1
     for t in range(max_new_tokens):
         scaled = logits if temperature == 1.0 else logits / temperature
-        logp_all = torch.log_softmax(scaled, dim=-1)  # [active, V]
-        p_all = logp_all.exp()
+        # Three passes over the vocabulary a step (softmax, the draw's cumsum, one dot product)
+        # instead of five: log p(token) from its probability, the entropy as
+        # logsumexp - E_p[logit], with logsumexp = logit(token) - log p(token).
+        p_all = scaled.softmax(-1)  # [active, V]
         if greedy:
             token = logits.argmax(-1)
         elif top_p < 1.0:
@@ -159,10 +161,12 @@ def sample(
         else:
             token = draw(p_all, generator)
         live = ~done
+        logp = p_all.gather(-1, token[:, None]).squeeze(-1).log()  # > 0: a drawn or greedy token
         segment["token"].append(token)
         segment["live"].append(live)
-        segment["logp"].append(logp_all.gather(-1, token[:, None]).squeeze(-1))
-        segment["entropy"].append(-(p_all * logp_all).sum(-1))
+        segment["logp"].append(logp)
+        chosen = scaled.gather(-1, token[:, None]).squeeze(-1)
+        segment["entropy"].append(chosen - logp - torch.linalg.vecdot(p_all, scaled))
         done = done | (torch.isin(token, eos) & live)
         if t == max_new_tokens - 1:
             break
