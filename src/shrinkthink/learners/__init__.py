@@ -30,6 +30,7 @@ from shrinkthink.learners.losses import (
     rloo_advantages,
     token_cross_entropy,
 )
+from shrinkthink.learners.onednn import onednn_linears
 from shrinkthink.policy import Policy
 from shrinkthink.records import Episode
 
@@ -50,15 +51,16 @@ def supervised_step(policy: Policy, optimizer, prompts: list[list[int]], targets
     tokens = max(1, sum(len(t) for t in targets))
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    for run in length_buckets(lengths, policy.device):
-        ids, attention, predictor, mask = pack([prompts[i] for i in run], [targets[i] for i in run],
-                                               policy.pad_id, policy.device)
-        run_positions = None if positions is None else positions[run, : ids.shape[1]].to(policy.device)
-        logits = completion_logits(policy.model, ids, attention, predictor, run_positions)
-        target_ids = ids.gather(1, (predictor + 1).clamp(max=ids.shape[1] - 1))
-        loss = token_cross_entropy(logits.float(), target_ids, mask, tokens)
-        loss.backward()
-        total += loss.item()
+    with onednn_linears(policy.model):
+        for run in length_buckets(lengths, policy.device):
+            ids, attention, predictor, mask = pack([prompts[i] for i in run], [targets[i] for i in run],
+                                                   policy.pad_id, policy.device)
+            run_positions = None if positions is None else positions[run, : ids.shape[1]].to(policy.device)
+            logits = completion_logits(policy.model, ids, attention, predictor, run_positions)
+            target_ids = ids.gather(1, (predictor + 1).clamp(max=ids.shape[1] - 1))
+            loss = token_cross_entropy(logits.float(), target_ids, mask, tokens)
+            loss.backward()
+            total += loss.item()
     torch.nn.utils.clip_grad_norm_(policy.model.parameters(), max_grad_norm)
     optimizer.step()
     return total
@@ -115,21 +117,22 @@ class Learner:
         chunks = [keep[j :: self.config.minibatches] for j in range(self.config.minibatches)]
         chunks = [c for c in chunks if c]
         updates = 0
-        for _ in range(self.config.inner_epochs):
-            for chunk in chunks:
-                self.optimizer.zero_grad(set_to_none=True)
-                tokens = sum(len(episodes[i].completion_ids) for i, _ in chunk)
-                lengths = [len(episodes[i].prompt_ids) + len(episodes[i].completion_ids) for i, _ in chunk]
-                for run in length_buckets(lengths, self.policy.device):
-                    loss, run_stats = self._run_loss([chunk[j] for j in run], episodes, tokens)
-                    loss.backward()
-                    stats["loss"] += loss.item()
-                    for key, value in run_stats.items():
-                        stats[key] = stats.get(key, 0.0) + value
-                torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
-                self.optimizer.step()
-                self.schedule.step()
-                updates += 1
+        with onednn_linears(model):
+            for _ in range(self.config.inner_epochs):
+                for chunk in chunks:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    tokens = sum(len(episodes[i].completion_ids) for i, _ in chunk)
+                    lengths = [len(episodes[i].prompt_ids) + len(episodes[i].completion_ids) for i, _ in chunk]
+                    for run in length_buckets(lengths, self.policy.device):
+                        loss, run_stats = self._run_loss([chunk[j] for j in run], episodes, tokens)
+                        loss.backward()
+                        stats["loss"] += loss.item()
+                        for key, value in run_stats.items():
+                            stats[key] = stats.get(key, 0.0) + value
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
+                    self.optimizer.step()
+                    self.schedule.step()
+                    updates += 1
         for key in ("loss", "clip_fraction", "kl", "entropy"):
             if key in stats:
                 stats[key] /= updates
