@@ -279,8 +279,9 @@ class Projection:
 
     On a CPU the weight is prepacked for oneDNN's matmul kernel (`batch` is the expected rows, a
     layout hint; any row count works). On the dev CPU (AMD EPYC, 2 threads) a 32-row float32
-    matmul against SmolLM2's projections then runs 2.2-3.9x faster than `mm` (MKL): 94 against
-    206 us for q/k/v, 259 against 709 us for gate/up, 4.9 against 19 ms for the vocabulary head.
+    matmul against SmolLM2's projections then runs 2.0-3.2x faster than `mm` (MKL): 99 against
+    221 us for q/k/v, 286 against 844 us for gate/up, 5.5 against 17.4 ms for the vocabulary
+    head (`bench/matmul.py`).
     Elsewhere the weight is stored transposed and contiguous for `mm`/`addmm` (on a CPU without
     oneDNN those take 4.4 us at batch 8 x 128 against 9.4 us for `F.linear`)."""
 
