@@ -282,8 +282,9 @@ class Projection:
     matmul against SmolLM2's projections then runs 2.0-3.2x faster than `mm` (MKL): 99 against
     221 us for q/k/v, 286 against 844 us for gate/up, 5.5 against 17.4 ms for the vocabulary
     head (`bench/matmul.py`).
-    Elsewhere the weight is stored transposed and contiguous for `mm`/`addmm` (on a CPU without
-    oneDNN those take 4.4 us at batch 8 x 128 against 9.4 us for `F.linear`)."""
+    Elsewhere (a GPU, a dtype oneDNN cannot prepack here) the weight is stored transposed and
+    contiguous for `mm`/`addmm` (on the Intel CPU of earlier sessions those took 4.4 us at batch
+    8 x 128 against 9.4 us for `F.linear`)."""
 
     def __init__(self, linears, dtype: torch.dtype, batch: int) -> None:
         weight = torch.cat([_weight(linear) for linear in linears]).to(dtype)  # [out, in]
