@@ -128,76 +128,77 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
     policy.latent = latent_mode(phase)
     bar = ctx.bar(stage.steps, start)
     stop_reason, step = "step budget", start
-    with onednn_linears(policy.model):  # oneDNN matmuls in training on a CPU (learners.onednn)
-        for step in range(start, stage.steps):
-            began = time.time()
-            rng = random.Random(f"{seed}:{ctx.stage_name}:{step}")
-            record: dict = {}
-            if phase_at(step) != phase:
-                # a new curriculum step changes the task under the optimizer's moment estimates
-                phase, phase_start = phase_at(step), step
-                optimizer = make_optimizer(policy, stage.lr)
-                policy.latent = latent_mode(phase)
-                record["optimizer_reset"] = True
-            warm = min(1.0, (step - phase_start + 1) / stage.warmup_steps) if stage.warmup_steps else 1.0
-            for group in optimizer.param_groups:
-                group["lr"] = stage.lr * warm
-            batch = [rng.randrange(len(problems)) for _ in range(stage.batch_size)]
-            policy.model.train()
-            if stage.method == "coconut":
-                rows, masks, anchors, thoughts = [], [], [], []
-                for i in batch:
-                    at = phase
-                    if phase > 0 and rng.random() < stage.earlier_stage_share:
-                        at = rng.randrange(phase)
-                    row, mask = coconut.coconut_example(prompts[i], step_ids[i], answers[i], at, stage.thoughts_per_step,
-                                                        stage.max_latent_stage, tokens)
-                    rows.append(row)
-                    masks.append(mask)
-                    anchors.append(len(prompts[i]))
-                    thoughts.append(row.count(tokens.thought))
-                batch_ids, attention, loss_mask = coconut.pad_aligned(rows, masks, anchors, policy.pad_id)
-                device = policy.device
+    for step in range(start, stage.steps):
+        began = time.time()
+        rng = random.Random(f"{seed}:{ctx.stage_name}:{step}")
+        record: dict = {}
+        if phase_at(step) != phase:
+            # a new curriculum step changes the task under the optimizer's moment estimates
+            phase, phase_start = phase_at(step), step
+            optimizer = make_optimizer(policy, stage.lr)
+            policy.latent = latent_mode(phase)
+            record["optimizer_reset"] = True
+        warm = min(1.0, (step - phase_start + 1) / stage.warmup_steps) if stage.warmup_steps else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] = stage.lr * warm
+        batch = [rng.randrange(len(problems)) for _ in range(stage.batch_size)]
+        policy.model.train()
+        if stage.method == "coconut":
+            rows, masks, anchors, thoughts = [], [], [], []
+            for i in batch:
+                at = phase
+                if phase > 0 and rng.random() < stage.earlier_stage_share:
+                    at = rng.randrange(phase)
+                row, mask = coconut.coconut_example(prompts[i], step_ids[i], answers[i], at, stage.thoughts_per_step,
+                                                    stage.max_latent_stage, tokens)
+                rows.append(row)
+                masks.append(mask)
+                anchors.append(len(prompts[i]))
+                thoughts.append(row.count(tokens.thought))
+            batch_ids, attention, loss_mask = coconut.pad_aligned(rows, masks, anchors, policy.pad_id)
+            device = policy.device
+            # the iCoT branch trains through supervised_step, which routes its own linears
+            with onednn_linears(policy.model):  # oneDNN matmuls on a CPU (learners.onednn)
                 loss = coconut.coconut_loss(wrapper, batch_ids.to(device), attention.to(device), loss_mask.to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.model.parameters(), stage.max_grad_norm)
-                optimizer.step()
-                loss, tokens_seen = loss.item(), int(attention.sum())
-                record |= {"curriculum_stage": phase, "thoughts": sum(thoughts) / len(thoughts),
-                           "target_tokens": int(loss_mask.sum()) / len(batch)}
-            else:
-                removed, targets = [], []
-                for i in batch:
-                    reasoning = [t for s in step_ids[i] for t in s]
-                    cut = icot.tokens_to_remove(phase, icot.sample_offset(offsets, rng), len(reasoning), stage.drop_all_after)
-                    removed.append(cut)
-                    targets.append(icot.icot_target(reasoning, answers[i], cut))
-                loss = supervised_step(policy, optimizer, [prompts[i] for i in batch], targets, stage.max_grad_norm)
-                tokens_seen = sum(len(prompts[i]) + len(t) for i, t in zip(batch, targets))
-                record |= {"removed_tokens": phase, "mean_removed_tokens": sum(removed) / len(removed),
-                           "target_tokens": sum(len(t) for t in targets) / len(targets)}
-            seconds = time.time() - began
-            record |= {"loss": loss, "lr": optimizer.param_groups[0]["lr"], "latent_steps": policy.latent_steps,
-                       "seconds": seconds, "tokens_per_s": tokens_seen / max(seconds, 1e-9)}
-            done = step + 1
-            if done % stage.eval_every == 0 or done == stage.steps:
-                evaluation = ctx.evaluate(stage.levels, stage.eval_problems, stage.max_new_tokens)
-                record |= {"accuracy": evaluation.accuracy, "mean_reasoning_tokens": evaluation.mean_reasoning_tokens,
-                           **{f"accuracy_level_{k}": v for k, v in evaluation.accuracy_by_level.items()}}
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{evaluation.accuracy:.2f}", phase=phase)
-                # the gate only ends a finished curriculum: earlier, accuracy is bought with visible reasoning
-                if final(phase) and stage.gate.accuracy is not None and evaluation.accuracy >= stage.gate.accuracy:
-                    stop_reason = f"gate: accuracy {evaluation.accuracy:.2f}"
-                elif final(phase) and plateau.update(evaluation.accuracy):
-                    stop_reason = plateau.reason()
-            ctx.log(done, **record)
-            bar.update(1)
-            if done % stage.checkpoint_every == 0 and done < stage.steps:
-                ctx.checkpoint(done, {"optimizer": optimizer.state_dict()}, {"phase": phase, "phase_start": phase_start,
-                                                                              "plateau": plateau.state()})
-            if stop_reason != "step budget":
-                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.model.parameters(), stage.max_grad_norm)
+            optimizer.step()
+            loss, tokens_seen = loss.item(), int(attention.sum())
+            record |= {"curriculum_stage": phase, "thoughts": sum(thoughts) / len(thoughts),
+                       "target_tokens": int(loss_mask.sum()) / len(batch)}
+        else:
+            removed, targets = [], []
+            for i in batch:
+                reasoning = [t for s in step_ids[i] for t in s]
+                cut = icot.tokens_to_remove(phase, icot.sample_offset(offsets, rng), len(reasoning), stage.drop_all_after)
+                removed.append(cut)
+                targets.append(icot.icot_target(reasoning, answers[i], cut))
+            loss = supervised_step(policy, optimizer, [prompts[i] for i in batch], targets, stage.max_grad_norm)
+            tokens_seen = sum(len(prompts[i]) + len(t) for i, t in zip(batch, targets))
+            record |= {"removed_tokens": phase, "mean_removed_tokens": sum(removed) / len(removed),
+                       "target_tokens": sum(len(t) for t in targets) / len(targets)}
+        seconds = time.time() - began
+        record |= {"loss": loss, "lr": optimizer.param_groups[0]["lr"], "latent_steps": policy.latent_steps,
+                   "seconds": seconds, "tokens_per_s": tokens_seen / max(seconds, 1e-9)}
+        done = step + 1
+        if done % stage.eval_every == 0 or done == stage.steps:
+            evaluation = ctx.evaluate(stage.levels, stage.eval_problems, stage.max_new_tokens)
+            record |= {"accuracy": evaluation.accuracy, "mean_reasoning_tokens": evaluation.mean_reasoning_tokens,
+                       **{f"accuracy_level_{k}": v for k, v in evaluation.accuracy_by_level.items()}}
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{evaluation.accuracy:.2f}", phase=phase)
+            # the gate only ends a finished curriculum: earlier, accuracy is bought with visible reasoning
+            if final(phase) and stage.gate.accuracy is not None and evaluation.accuracy >= stage.gate.accuracy:
+                stop_reason = f"gate: accuracy {evaluation.accuracy:.2f}"
+            elif final(phase) and plateau.update(evaluation.accuracy):
+                stop_reason = plateau.reason()
+        ctx.log(done, **record)
+        bar.update(1)
+        if done % stage.checkpoint_every == 0 and done < stage.steps:
+            ctx.checkpoint(done, {"optimizer": optimizer.state_dict()}, {"phase": phase, "phase_start": phase_start,
+                                                                          "plateau": plateau.state()})
+        if stop_reason != "step budget":
+            break
     bar.close()
     return StageResult(steps=step + 1 if stage.steps else 0, stop_reason=stop_reason,
                        extra={"max_new_tokens": stage.max_new_tokens, "latent_steps": policy.latent_steps,
