@@ -123,6 +123,48 @@ def test_example_and_loss_mask_by_hand():
     assert mask == [False] * 8 + [True] * 2
 
 
+def test_thought_targets_by_hand():
+    """Each replaced step's c thoughts target its last c tokens; thoughts past the replaced steps
+    and a step shorter than c leave some untargeted."""
+    steps = [[10, 11, 12], [13, 14], [15]]
+    assert coconut.thought_targets(steps, 0, 2, 3) == []
+    assert coconut.thought_targets(steps, 1, 2, 3) == [11, 12]
+    assert coconut.thought_targets(steps, 2, 2, 3) == [11, 12, 13, 14]
+    assert coconut.thought_targets(steps, 3, 2, 3) == [11, 12, 13, 14, -100, 15]
+    # past max_latent_stage every step is replaced but the thoughts stay at max_latent_stage * c
+    assert coconut.thought_targets(steps, 4, 1, 2) == [12, 14]
+    # a one-step example at a late stage: the step's thoughts first, then untargeted ones
+    assert coconut.thought_targets([[7, 8, 9]], 3, 3, 3) == [7, 8, 9] + [-100] * 6
+
+
+def test_thought_targets_train_the_state_each_thought_is(tiny):
+    """With `thought_labels`, training makes the position before each thought predict its target,
+    so the fed-back state carries that token; without labels the loss is the answer's alone."""
+    model, _tokenizer, tokens = tiny
+    model.train()
+    wrapper = coconut.ContinuousThoughts(model, tokens.thought)
+    ids = torch.tensor([[5, 6, tokens.bot, tokens.thought, tokens.thought, tokens.eot, 7, 8]])
+    mask = torch.tensor([[False] * 6 + [True, True]])
+    labels = torch.full_like(ids, -100)
+    labels[0, 3:5] = torch.tensor([40, 41])  # thought 1 carries token 40, thought 2 token 41
+    attention = torch.ones_like(ids)
+    plain = coconut.coconut_loss(wrapper, ids, attention, mask)
+    assert coconut.coconut_loss(wrapper, ids, attention, mask, torch.full_like(ids, -100)).item() == pytest.approx(plain.item())
+    assert coconut.coconut_loss(wrapper, ids, attention, mask, labels).item() > plain.item()
+
+    def predicted() -> list[int]:
+        with torch.no_grad():
+            return wrapper(ids, attention_mask=attention).logits[0, 2:4].argmax(-1).tolist()
+
+    assert predicted() != [40, 41]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        coconut.coconut_loss(wrapper, ids, attention, mask, labels).backward()
+        optimizer.step()
+    assert predicted() == [40, 41]
+
+
 def test_pad_aligned_puts_bot_in_one_column():
     rows = [[1, 2, 100, 102, 101, 7], [3, 100, 101, 8, 9, 10]]
     masks = [[False] * 5 + [True], [False] * 3 + [True] * 3]
@@ -209,7 +251,8 @@ stages:
 {extra}
 """
 METHODS = {
-    "coconut": "    steps_per_stage: 2\n    max_latent_stage: 1\n    earlier_stage_share: 0.3\n    thought_scale: embedding",
+    "coconut": ("    steps_per_stage: 2\n    max_latent_stage: 1\n    earlier_stage_share: 0.3\n    thought_scale: embedding\n"
+                "    thought_targets: true"),
     "icot": "    remove_every_steps: 2\n    remove_tokens: 4\n    drop_all_after: 6",
 }
 

@@ -234,6 +234,7 @@ class LatentStage(StageBase):
     earlier_stage_share: float = Field(0.0, ge=0, lt=1, description="coconut: share of examples drawn at a random earlier stage, so the model can still reason in language [uniform_prob]")
     marker_init: str = Field(" ", description="coconut: text whose first token's embedding the new <bot>, <eot>, <thought> start from ('' for the mean embedding, which disrupts a small model)")
     thought_scale: Literal["hidden", "embedding"] = Field("hidden", description="coconut: hidden: feed the last hidden state back as it is (the paper); embedding: rescale it to the mean input-embedding norm (a small model's final-norm output is far longer than its embeddings)")
+    thought_targets: bool = Field(False, description="coconut: also train each continuous thought to predict one of the last c tokens of the step it replaces (on arith, its running value), so the thoughts learn what to carry; the paper leaves them unsupervised")
     # iCoT
     remove_tokens: int = Field(8, ge=1, description="icot: reasoning tokens removed at each schedule step [remove_per_epoch]")
     remove_every_steps: int = Field(100, ge=1, description="icot: training steps between schedule steps")
@@ -245,7 +246,7 @@ class LatentStage(StageBase):
     @model_validator(mode="after")
     def _method_fields(self):
         coconut_only = {"thoughts_per_step", "steps_per_stage", "max_latent_stage", "start_stage", "earlier_stage_share",
-                        "marker_init", "thought_scale"}
+                        "marker_init", "thought_scale", "thought_targets"}
         icot_only = {"remove_tokens", "remove_every_steps", "remove_start", "smoothing_lambda", "max_offset", "drop_all_after"}
         foreign = (icot_only if self.method == "coconut" else coconut_only) & self.model_fields_set
         if foreign:

@@ -13,6 +13,7 @@ Both take left-padded batches whose rows all write their next token into the sam
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +22,19 @@ from transformers import DynamicCache
 LLAMA_FAMILY = {"llama", "mistral", "qwen2"}
 
 
+def cache_argument(model) -> str:
+    """The name `model.forward` takes its KV cache under: `cache` from transformers 5.24 on
+    (`past_key_values` is deprecated there, and goes in 5.40), `past_key_values` before."""
+    parameters = inspect.signature(_unwrapped(model).forward).parameters  # a peft wrapper takes **kwargs
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 class HFDecoder:
     def __init__(self, model, dtype: torch.dtype | None = None) -> None:
         """`dtype`: run the forward under autocast to this precision; default the model's own."""
         self.model = model
         self.cache = DynamicCache()
+        self.cache_name = cache_argument(model)
         self.mask: torch.Tensor | None = None
         device = next(model.parameters()).device.type
         self.autocast = torch.autocast(device, dtype=dtype, enabled=dtype is not None)
@@ -34,14 +43,14 @@ class HFDecoder:
         self.mask = mask
         with self.autocast:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                             past_key_values=self.cache, use_cache=True)
+                             use_cache=True, **{self.cache_name: self.cache})
         return out.logits[:, -1, :].float()
 
     def step(self, token, live, position) -> torch.Tensor:
         self.mask = torch.cat([self.mask, live.long()[:, None]], dim=-1)
         with self.autocast:
             out = self.model(input_ids=token[:, None], attention_mask=self.mask, position_ids=position[:, None],
-                             past_key_values=self.cache, use_cache=True)
+                             use_cache=True, **{self.cache_name: self.cache})
         return out.logits[:, -1, :].float()
 
     def select(self, keep: torch.Tensor) -> None:
@@ -233,8 +242,13 @@ class LlamaDecoder:
         return self._forward(token[:, None], position[:, None])
 
     def select(self, keep: torch.Tensor) -> None:
-        self.keys = self.keys[:, keep]
-        self.values = self.values[:, keep]
+        # only the filled positions are copied: those past `length` are written before read
+        filled = self.length
+        for name in ("keys", "values"):
+            cache = getattr(self, name)
+            kept = cache.new_empty((cache.shape[0], len(keep), *cache.shape[2:]))
+            kept[:, :, :, :filled] = cache[:, keep, :, :filled]
+            setattr(self, name, kept)
         self.bias = self.bias[keep]
 
 

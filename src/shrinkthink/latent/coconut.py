@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from shrinkthink.decoders import cache_argument
+
 BOT, EOT, THOUGHT = "<bot>", "<eot>", "<thought>"
 THOUGHT_NORM_KEY = "coconut_thought_norm"  # in the model's config, saved with its weights
 
@@ -90,6 +92,22 @@ def coconut_example(prompt: list[int], steps: list[list[int]], answer: list[int]
     return context + targets, [False] * len(context) + [True] * len(targets)
 
 
+def thought_targets(steps: list[list[int]], stage: int, thoughts_per_step: int, max_latent_stage: int) -> list[int]:
+    """`thought_targets: true` (a departure from the paper, whose thoughts are unsupervised): the
+    token each continuous thought of an example is trained to predict, or -100 for none. Thought j
+    of the i-th replaced step targets that step's (len - c + j)-th token, so its c thoughts carry
+    the step's last c tokens (`steps`: each step's tokens without its line break; on a `refer`
+    transcript, `12+7=19`, three thoughts carry `=19`, the running value). Thoughts past the
+    example's replaced steps (a short example at a late stage) have no target."""
+    replaced, n = stage_plan(len(steps), stage, thoughts_per_step, max_latent_stage)
+    targets = [-100] * n
+    for i in range(min(n, replaced * thoughts_per_step)):
+        step, j = steps[i // thoughts_per_step], i % thoughts_per_step
+        k = len(step) - thoughts_per_step + j
+        targets[i] = step[k] if k >= 0 else -100
+    return targets
+
+
 def latent_prompts(prompts: list[list[int]], tokens: LatentTokens, thoughts: int) -> list[list[int]]:
     """What the model sees before it answers: the question, then the latent block."""
     return [p + [tokens.bot] + [tokens.thought] * thoughts + [tokens.eot] for p in prompts]
@@ -130,6 +148,7 @@ class ContinuousThoughts(nn.Module):
         self.thought_id = thought_id
         self.thought_norm = thought_norm if thought_norm is not None else getattr(
             model.config, THOUGHT_NORM_KEY, None)
+        self.cache_name = cache_argument(model)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
                 use_cache: bool = True, **_):
@@ -155,8 +174,8 @@ class ContinuousThoughts(nn.Module):
                 first = torch.where(is_thought[:, start, None], last_hidden, embeds[:, 0])
                 embeds = torch.cat([first[:, None], embeds[:, 1:]], dim=1)
             out = self.model(inputs_embeds=embeds, attention_mask=attention_mask[:, : past + end],
-                             position_ids=position_ids[:, start:end], past_key_values=cache, use_cache=True,
-                             output_hidden_states=True)
+                             position_ids=position_ids[:, start:end], use_cache=True,
+                             output_hidden_states=True, **{self.cache_name: cache})
             logits.append(out.logits)
             last_hidden = out.hidden_states[-1][:, -1].to(tokens.dtype)  # [B, H], post final norm
             if self.thought_norm:
@@ -169,9 +188,15 @@ def mean_embedding_norm(model) -> float:
     return float(model.get_input_embeddings().weight.detach().norm(dim=-1).mean())
 
 
-def coconut_loss(wrapper: ContinuousThoughts, ids, attention, loss_mask) -> torch.Tensor:
-    """Mean next-token cross-entropy over the target tokens of a batch from `pad_aligned`."""
+def coconut_loss(wrapper: ContinuousThoughts, ids, attention, loss_mask, thought_labels=None) -> torch.Tensor:
+    """Mean next-token cross-entropy over the target tokens of a batch from `pad_aligned`; with
+    `thought_labels` [B, T] (a thought's target token in its column, -100 elsewhere: see
+    `thought_targets`), plus the mean cross-entropy of the position before each thought, whose
+    last hidden state the thought is, against that target."""
     logits = wrapper(ids, attention_mask=attention).logits[:, :-1].float()
     targets, mask = ids[:, 1:], loss_mask[:, 1:]
     losses = nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    return (losses * mask).sum() / mask.sum().clamp(min=1)
+    loss = (losses * mask).sum() / mask.sum().clamp(min=1)
+    if thought_labels is not None and bool((thought_labels[:, 1:] >= 0).any()):
+        loss = loss + nn.functional.cross_entropy(logits.transpose(1, 2), thought_labels[:, 1:], ignore_index=-100)
+    return loss

@@ -26,7 +26,6 @@ import torch
 from shrinkthink.config import LatentStage
 from shrinkthink.latent import coconut, icot
 from shrinkthink.learners import make_optimizer, supervised_step
-from shrinkthink.learners.onednn import onednn_linears
 from shrinkthink.records import Problem
 from shrinkthink.stages import Plateau, StageContext, StageResult
 from shrinkthink.tasks.base import ANSWER_PREFIX, reasoning_part
@@ -83,6 +82,7 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
 
     prompts = [policy.prompt_ids(p.prompt) for p in problems]
     step_ids = [[ids(s + "\n") for s in row] for row in steps]
+    step_text_ids = [[ids(s) for s in row] for row in steps]  # what `thought_targets` reads
     answers = [policy.completion_ids(ANSWER_PREFIX + p.answer) for p in problems]
     longest = max(sum(len(s) for s in row) for row in step_ids)
 
@@ -144,7 +144,7 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
         batch = [rng.randrange(len(problems)) for _ in range(stage.batch_size)]
         policy.model.train()
         if stage.method == "coconut":
-            rows, masks, anchors, thoughts = [], [], [], []
+            rows, masks, anchors, thoughts, contents = [], [], [], [], []
             for i in batch:
                 at = phase
                 if phase > 0 and rng.random() < stage.earlier_stage_share:
@@ -155,11 +155,21 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
                 masks.append(mask)
                 anchors.append(len(prompts[i]))
                 thoughts.append(row.count(tokens.thought))
+                if stage.thought_targets:
+                    contents.append(coconut.thought_targets(step_text_ids[i], at, stage.thoughts_per_step,
+                                                            stage.max_latent_stage))
             batch_ids, attention, loss_mask = coconut.pad_aligned(rows, masks, anchors, policy.pad_id)
+            thought_labels = None
+            if stage.thought_targets:  # every row's k-th thought sits in one column, after its <bot>
+                thought_labels = torch.full_like(batch_ids, -100)
+                first = max(anchors) + 1
+                for r, content in enumerate(contents):
+                    thought_labels[r, first : first + len(content)] = torch.tensor(content, dtype=torch.long)
             device = policy.device
-            # the iCoT branch trains through supervised_step, which routes its own linears
-            with onednn_linears(policy.model):  # oneDNN matmuls on a CPU (learners.onednn)
-                loss = coconut.coconut_loss(wrapper, batch_ids.to(device), attention.to(device), loss_mask.to(device))
+            # stock linears: a thought pass is one token a row, where oneDNN's call costs more than
+            # MKL's (a quickstart step at 15 thoughts: 0.18-0.20 s against 0.16 s)
+            loss = coconut.coconut_loss(wrapper, batch_ids.to(device), attention.to(device), loss_mask.to(device),
+                                        None if thought_labels is None else thought_labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.model.parameters(), stage.max_grad_norm)
