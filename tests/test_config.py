@@ -138,3 +138,12 @@ def test_bad_files(tmp_path: Path) -> None:
 def test_every_shipped_config_validates(path: Path) -> None:
     config = load_config(str(path))
     assert config.stages and config.name
+
+
+def test_the_coconut_quickstart_is_the_quickstart_up_to_its_last_stage() -> None:
+    """configs/quickstart-coconut.yaml repeats the quickstart's first four stages: they must not drift."""
+    quickstart = load_config(None)
+    coconut = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "quickstart-coconut.yaml"))
+    assert coconut.stages[:-1] == quickstart.stages[:-1]
+    assert (coconut.model, coconut.task, coconut.seed) == (quickstart.model, quickstart.task, quickstart.seed)
+    assert coconut.stages[-1].method == "coconut" and coconut.stages[-1].thought_targets

@@ -2,7 +2,8 @@
 reasoning tokens ("distill the knowledge into the forward passes").
 
 - `method: coconut`: curriculum stage k replaces the first k reasoning steps by k*c continuous
-  thoughts (latent/coconut.py); the stage advances every `steps_per_stage` steps.
+  thoughts (latent/coconut.py); the stage advances every `steps_per_stage` steps. With
+  `thought_targets`, each thought also learns to predict one of its step's last c tokens.
 - `method: icot`: the first s reasoning tokens are removed, s growing every `remove_every_steps`
   steps, with removal smoothing (latent/icot.py).
 
@@ -11,6 +12,7 @@ policy's own verified greedy transcripts (after a shrink stage, the short ones; 
 the task's gold steps where the policy fails or with `source: gold`. The pool is written to
 `latent/<stage>.jsonl` in the run directory, so a resumed run trains on the same one.
 
+    shrinkthink run configs/quickstart-coconut.yaml
     shrinkthink run configs/icot-multiply-4x4-cpu.yaml
     shrinkthink run configs/coconut-prosqa-cpu.yaml
 """
