@@ -7,10 +7,12 @@ so n thoughts need n+1 forward passes, each reusing the KV cache of the one befo
 stage k the first k reasoning steps are replaced by k*c thoughts; past `max_latent_stage` every step
 is (Sec. 3, "Training Procedure"). The loss is masked on the question, the markers and the thoughts.
 
-Departure from the paper's code: the number of thoughts at inference is fixed by the stage
+Departures from the paper's code: the number of thoughts at inference is fixed by the stage
 (`thoughts_at`), never read from the held-out example's gold steps; generation is batched and
 decodes with the KV cache after the latent pass (`ContinuousThoughts` runs inside
-`rollout.sample`'s generic decoder).
+`rollout.sample`'s generic decoder); and, as an option (`thought_targets`), each thought is also
+trained to predict one of the last tokens of the step it replaces, which took the quickstart's
+1M-parameter model from 0.47 to 0.94 with no visible reasoning (docs/results.md).
 
     python -m pytest tests/test_latent.py -q
 """
