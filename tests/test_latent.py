@@ -174,6 +174,14 @@ def test_pad_aligned_puts_bot_in_one_column():
     assert loss_mask.tolist() == [[False] * 5 + [True, False], [False] * 4 + [True] * 3]
 
 
+def test_thought_labels_land_on_the_aligned_thought_columns():
+    rows = [[1, 2, 100, 102, 102, 101, 7], [3, 100, 102, 102, 101, 8]]
+    ids, _, _ = coconut.pad_aligned(rows, [[False] * len(r) for r in rows], [2, 1], 0)
+    labels = coconut.thought_label_columns([[40, 41], [-100, 42]], [2, 1], ids.shape[1])
+    assert (ids[labels != -100] == 102).all()
+    assert labels.tolist() == [[-100, -100, -100, 40, 41, -100, -100], [-100, -100, -100, -100, 42, -100, -100]]
+
+
 def test_latent_policy_generates_batched_and_round_trips(tiny, tmp_path):
     model, tokenizer, tokens = tiny
     policy = Policy(model, tokenizer)

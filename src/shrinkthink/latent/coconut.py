@@ -131,6 +131,16 @@ def pad_aligned(rows: list[list[int]], masks: list[list[bool]], anchor: list[int
     return ids, attention, loss_mask
 
 
+def thought_label_columns(contents: list[list[int]], anchors: list[int], width: int) -> torch.Tensor:
+    """`thought_targets` of each row placed where `pad_aligned` put its thoughts: the k-th thought
+    of every row sits in column max(anchor) + 1 + k. [B, width], -100 where no thought is targeted."""
+    labels = torch.full((len(contents), width), -100, dtype=torch.long)
+    first = max(anchors) + 1
+    for row, content in enumerate(contents):
+        labels[row, first : first + len(content)] = torch.tensor(content, dtype=torch.long)
+    return labels
+
+
 # --- the model ----------------------------------------------------------------------------------
 class ContinuousThoughts(nn.Module):
     """Wraps any Hugging Face causal LM. `forward` takes the LM's own arguments; wherever

@@ -84,7 +84,8 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
 
     prompts = [policy.prompt_ids(p.prompt) for p in problems]
     step_ids = [[ids(s + "\n") for s in row] for row in steps]
-    step_text_ids = [[ids(s) for s in row] for row in steps]  # what `thought_targets` reads
+    # what `thought_targets` reads: each step without its line break
+    step_text_ids = [[ids(s) for s in row] for row in steps] if stage.method == "coconut" and stage.thought_targets else []
     answers = [policy.completion_ids(ANSWER_PREFIX + p.answer) for p in problems]
     longest = max(sum(len(s) for s in row) for row in step_ids)
 
@@ -161,12 +162,8 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
                     contents.append(coconut.thought_targets(step_text_ids[i], at, stage.thoughts_per_step,
                                                             stage.max_latent_stage))
             batch_ids, attention, loss_mask = coconut.pad_aligned(rows, masks, anchors, policy.pad_id)
-            thought_labels = None
-            if stage.thought_targets:  # every row's k-th thought sits in one column, after its <bot>
-                thought_labels = torch.full_like(batch_ids, -100)
-                first = max(anchors) + 1
-                for r, content in enumerate(contents):
-                    thought_labels[r, first : first + len(content)] = torch.tensor(content, dtype=torch.long)
+            thought_labels = (coconut.thought_label_columns(contents, anchors, batch_ids.shape[1])
+                              if stage.thought_targets else None)
             device = policy.device
             # stock linears: a thought pass is one token a row, where oneDNN's call costs more than
             # MKL's (a quickstart step at 15 thoughts: 0.18-0.20 s against 0.16 s)
