@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import math
 import random
+from unittest.mock import patch
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 from test_pipeline import cli, crash_in, metric_lines, step_keys
 
 from shrinkthink.config import load_config
 from shrinkthink.latent import coconut, icot
+from shrinkthink.latent.passes import LlamaPasses
 from shrinkthink.model import tiny_policy
 from shrinkthink.pipeline import run_pipeline
 from shrinkthink.policy import Policy
@@ -49,7 +52,8 @@ def recompute_logits(model, ids: torch.Tensor, attention: torch.Tensor, thought_
 
 # --- COCONUT --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("thought_norm", [None, 0.7])
-def test_feedback_with_cache_equals_full_recompute(tiny, thought_norm):
+@pytest.mark.parametrize("use_cache", [True, False], ids=["model-forward", "lean-passes"])
+def test_feedback_with_cache_equals_full_recompute(tiny, thought_norm, use_cache):
     model, tokenizer, tokens = tiny
     # rows with 3, 1 and 0 thoughts, different prompt lengths, aligned on <bot> as in training
     rows = [[5, 6, 7, tokens.bot] + [tokens.thought] * 3 + [tokens.eot, 20, 21],
@@ -59,7 +63,7 @@ def test_feedback_with_cache_equals_full_recompute(tiny, thought_norm):
     ids, attention, _ = coconut.pad_aligned(rows, [[True] * len(r) for r in rows], anchors, tokenizer.pad_token_id)
     wrapper = coconut.ContinuousThoughts(model, tokens.thought, thought_norm=thought_norm)
     with torch.no_grad():
-        cached = wrapper(ids, attention_mask=attention).logits
+        cached = wrapper(ids, attention_mask=attention, use_cache=use_cache).logits
         full = recompute_logits(model, ids, attention, tokens.thought, thought_norm)
     real = attention.bool()
     assert cached.shape == full.shape
@@ -86,6 +90,45 @@ def test_n_thoughts_take_n_plus_one_passes(tiny):
         wrapper(ids)
     handle.remove()
     assert len(calls) == 5
+
+
+def test_lean_passes_train_like_the_model_forward(tiny):
+    """Without a cache wanted back, a Llama runs its passes through `LlamaPasses`: the same loss
+    and the same gradients as through the model's own forward, a pass per thought and span."""
+    model, tokenizer, tokens = tiny
+    model.train()
+    rows = [[5, 6, tokens.bot] + [tokens.thought] * 2 + [tokens.eot, 20, 21, 22],
+            [9, 10, 11, 12, tokens.bot, tokens.thought, tokens.eot, 30]]
+    anchors = [r.index(tokens.bot) for r in rows]
+    masks = [[False] * (r.index(tokens.eot) + 1) + [True] * (len(r) - r.index(tokens.eot) - 1) for r in rows]
+    ids, attention, loss_mask = coconut.pad_aligned(rows, masks, anchors, tokenizer.pad_token_id)
+    assert LlamaPasses.supports(model)
+    wrapper = coconut.ContinuousThoughts(model, tokens.thought)
+    losses, grads, runs = [], [], []
+    original = LlamaPasses.run
+    for lean in (True, False):
+        model.zero_grad()
+        with patch.object(LlamaPasses, "supports", staticmethod(lambda _model, lean=lean: lean)), \
+                patch.object(LlamaPasses, "run", lambda self, *a: runs.append(lean) or original(self, *a)):
+            loss = coconut.coconut_loss(wrapper, ids, attention, loss_mask)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    assert runs == [True] * 3  # two thoughts, three passes; none for the model-forward run
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grads[0][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert grads[0]["model.embed_tokens.weight"][5].abs().sum() > 0  # through the thoughts to the question
+
+
+def test_lean_passes_leave_watched_and_wrapped_models_alone(tiny):
+    model, _tokenizer, _tokens = tiny
+    handle = model.register_forward_hook(lambda *_: None)
+    assert not LlamaPasses.supports(model)
+    handle.remove()
+    assert LlamaPasses.supports(model)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    assert not LlamaPasses.supports(gpt2)
 
 
 def test_gradient_reaches_through_the_thoughts(tiny):

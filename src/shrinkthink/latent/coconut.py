@@ -28,6 +28,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from shrinkthink.decoders import cache_argument
+from shrinkthink.latent.passes import LlamaPasses
 
 BOT, EOT, THOUGHT = "<bot>", "<eot>", "<thought>"
 THOUGHT_NORM_KEY = "coconut_thought_norm"  # in the model's config, saved with its weights
@@ -164,9 +165,13 @@ class ContinuousThoughts(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
                 use_cache: bool = True, **_):
+        """With `use_cache=False` (training: no cache wanted back) a Llama-family model runs its
+        passes through `LlamaPasses`, the same arithmetic in fewer calls; `past_key_values` of
+        the result is then None."""
         batch, width = input_ids.shape
-        cache = past_key_values if past_key_values is not None else DynamicCache()
-        past = cache.get_seq_length()
+        lean = not use_cache and past_key_values is None and LlamaPasses.supports(self.model)
+        cache = None if lean else past_key_values if past_key_values is not None else DynamicCache()
+        past = 0 if cache is None else cache.get_seq_length()
         if attention_mask is None:
             attention_mask = torch.ones((batch, past + width), dtype=torch.long, device=input_ids.device)
         if position_ids is None:
@@ -176,6 +181,7 @@ class ContinuousThoughts(nn.Module):
         columns = is_thought.any(0).nonzero().flatten().tolist()
         if columns and columns[0] == 0:
             raise ValueError("a <thought> needs a position before it (the first column is one)")
+        passes = LlamaPasses(self.model, attention_mask, position_ids) if lean else None
         bounds = [0, *columns, width]
         logits, last_hidden = [], None
         for start, end in itertools.pairwise(bounds):
@@ -185,11 +191,15 @@ class ContinuousThoughts(nn.Module):
             if last_hidden is not None:  # the first column of this pass is a thought for some rows
                 first = torch.where(is_thought[:, start, None], last_hidden, embeds[:, 0])
                 embeds = torch.cat([first[:, None], embeds[:, 1:]], dim=1)
-            out = self.model(inputs_embeds=embeds, attention_mask=attention_mask[:, : past + end],
-                             position_ids=position_ids[:, start:end], use_cache=True,
-                             output_hidden_states=True, **{self.cache_name: cache})
-            logits.append(out.logits)
-            last_hidden = out.hidden_states[-1][:, -1].to(tokens.dtype)  # [B, H], post final norm
+            if passes is not None:
+                span_logits, last_hidden = passes.run(embeds, start)
+            else:
+                out = self.model(inputs_embeds=embeds, attention_mask=attention_mask[:, : past + end],
+                                 position_ids=position_ids[:, start:end], use_cache=True,
+                                 output_hidden_states=True, **{self.cache_name: cache})
+                span_logits, last_hidden = out.logits, out.hidden_states[-1][:, -1]  # post final norm
+            logits.append(span_logits)
+            last_hidden = last_hidden.to(tokens.dtype)  # [B, H]
             if self.thought_norm:
                 last_hidden = last_hidden * (self.thought_norm / last_hidden.norm(dim=-1, keepdim=True).clamp(min=1e-6))
         return SimpleNamespace(logits=torch.cat(logits, dim=1), past_key_values=cache)
@@ -205,7 +215,7 @@ def coconut_loss(wrapper: ContinuousThoughts, ids, attention, loss_mask, thought
     `thought_labels` [B, T] (a thought's target token in its column, -100 elsewhere: see
     `thought_targets`), plus the mean cross-entropy of the position before each thought, whose
     last hidden state the thought is, against that target."""
-    logits = wrapper(ids, attention_mask=attention).logits[:, :-1].float()
+    logits = wrapper(ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
     targets, mask = ids[:, 1:], loss_mask[:, 1:]
     losses = nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
     loss = (losses * mask).sum() / mask.sum().clamp(min=1)

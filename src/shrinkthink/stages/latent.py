@@ -165,8 +165,8 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
             thought_labels = (coconut.thought_label_columns(contents, anchors, batch_ids.shape[1])
                               if stage.thought_targets else None)
             device = policy.device
-            # stock linears: a thought pass is one token a row, where oneDNN's call costs more than
-            # MKL's (a quickstart step at 15 thoughts: 0.18-0.20 s against 0.16 s)
+            # not inside onednn_linears: a thought pass is one token a row, where oneDNN's call
+            # costs more than MKL's; the lean passes (latent/passes.py) choose per pass
             loss = coconut.coconut_loss(wrapper, batch_ids.to(device), attention.to(device), loss_mask.to(device),
                                         None if thought_labels is None else thought_labels.to(device))
             optimizer.zero_grad(set_to_none=True)
