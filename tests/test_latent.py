@@ -123,9 +123,13 @@ def test_lean_passes_train_like_the_model_forward(tiny):
 
 def test_lean_passes_leave_watched_and_wrapped_models_alone(tiny):
     model, _tokenizer, _tokens = tiny
-    handle = model.register_forward_hook(lambda *_: None)
+    for module in (model, model.model.layers[1].mlp):
+        handle = module.register_forward_hook(lambda *_: None)
+        assert not LlamaPasses.supports(model)
+        handle.remove()
+    model.gradient_checkpointing_enable()
     assert not LlamaPasses.supports(model)
-    handle.remove()
+    model.gradient_checkpointing_disable()
     assert LlamaPasses.supports(model)
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     assert not LlamaPasses.supports(gpt2)

@@ -12,7 +12,9 @@ Departures from the paper's code: the number of thoughts at inference is fixed b
 decodes with the KV cache after the latent pass (`ContinuousThoughts` runs inside
 `rollout.sample`'s generic decoder); and, as an option (`thought_targets`), each thought is also
 trained to predict one of the last tokens of the step it replaces, which took the quickstart's
-1M-parameter model from 0.47 to 0.94 with no visible reasoning (docs/results.md).
+1M-parameter model from 0.47 to 0.94 with no visible reasoning (docs/results.md). In training a
+Llama-family model's passes run through `passes.LlamaPasses`: the same arithmetic as its `forward`,
+in fewer calls.
 
     python -m pytest tests/test_latent.py -q
 """

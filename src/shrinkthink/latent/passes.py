@@ -8,7 +8,8 @@ the key mask built from one boolean row a pass, and a cache of plain tensors tha
 through. The model's own `forward` does the same arithmetic, but on a small model its per-call
 work (mask and cache objects, six-op norms, five separate projections a layer, output records)
 costs more than the arithmetic, and autograd records all of it, once a pass. Any other model,
-a peft wrapper, or one with hooks on its forward, runs through `forward` (`ContinuousThoughts`).
+a peft wrapper, one with hooks on a module's forward or with gradient checkpointing on, runs
+through `forward` (`ContinuousThoughts`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ class LlamaPasses:
     def supports(model) -> bool:
         if hasattr(model, "get_base_model") or not LlamaDecoder.supports(model):
             return False
-        if model._forward_hooks or model._forward_pre_hooks:
-            return False  # someone watches the model's forward: let them see every pass
+        if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+            return False  # someone watches a module's forward: let them see every pass
+        if getattr(model, "is_gradient_checkpointing", False):
+            return False  # the passes keep every activation
         if model.training and getattr(model.config, "attention_dropout", 0.0):
             return False
         layers = model.model.layers
