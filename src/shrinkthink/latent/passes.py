@@ -5,7 +5,8 @@ thoughts (one column a thought, the question before them and the answer after).
 For Llama-family models (`LlamaPasses.supports`) the passes call the layers' weights directly:
 q/k/v as one matmul and gate/up as another, `F.rms_norm`, a rotary table looked up once a step,
 the key mask built from one boolean row a pass, and a cache of plain tensors that autograd sees
-through. The model's own `forward` does the same arithmetic, but on a small model its per-call
+through. (oneDNN's matmul for the wide passes, faster on the dev CPU, left a resumed run's weights
+1e-6 away from an uninterrupted one's; these stay on `F.linear`.) The model's own `forward` does the same arithmetic, but on a small model its per-call
 work (mask and cache objects, six-op norms, five separate projections a layer, output records)
 costs more than the arithmetic, and autograd records all of it, once a pass. Any other model,
 a peft wrapper, one with hooks on a module's forward or with gradient checkpointing on, runs
@@ -18,10 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shrinkthink.decoders import LlamaDecoder, onednn_packs
-from shrinkthink.learners.onednn import OneDNNLinear
-
-WIDE = 128  # rows from which a CPU matmul goes to oneDNN
+from shrinkthink.decoders import LlamaDecoder
 
 
 class LlamaPasses:
@@ -35,7 +33,10 @@ class LlamaPasses:
             return False
         if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
             return False  # someone watches a module's forward: let them see every pass
-        if getattr(model, "is_gradient_checkpointing", False):
+        checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.24
+        if checkpointing is None:
+            checkpointing = getattr(model, "is_gradient_checkpointing", False)
+        if checkpointing:
             return False  # the passes keep every activation
         if model.training and getattr(model.config, "attention_dropout", 0.0):
             return False
@@ -89,7 +90,7 @@ class LlamaPasses:
         for index, layer in enumerate(self.core.layers):
             attention, mlp = layer.self_attn, layer.mlp
             x = F.rms_norm(hidden, (size,), layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-            qkv = _linear(x, *self.qkv[index]).view(batch, width, heads + 2 * kv_heads, dim)
+            qkv = F.linear(x, *self.qkv[index]).view(batch, width, heads + 2 * kv_heads, dim)
             qk = qkv[:, :, : heads + kv_heads]
             qk = qk * cos + qk.roll(half, dims=-1) * signed
             q = qk[:, :, :heads].transpose(1, 2)
@@ -101,14 +102,14 @@ class LlamaPasses:
             self.keys[index], self.values[index] = k, v
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scaling,
                                                  enable_gqa=heads != kv_heads)
-            hidden = hidden + _linear(out.transpose(1, 2).reshape(batch, width, heads * dim), attention.o_proj.weight,
-                                     attention.o_proj.bias)
+            out = out.transpose(1, 2).reshape(batch, width, heads * dim)
+            hidden = hidden + F.linear(out, attention.o_proj.weight, attention.o_proj.bias)
             x = F.rms_norm(hidden, (size,), layer.post_attention_layernorm.weight,
                            layer.post_attention_layernorm.variance_epsilon)
-            gate, up = _linear(x, *self.gate_up[index]).chunk(2, dim=-1)
-            hidden = hidden + _linear(self.act(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
+            gate, up = F.linear(x, *self.gate_up[index]).chunk(2, dim=-1)
+            hidden = hidden + F.linear(self.act(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
         hidden = F.rms_norm(hidden, (size,), self.core.norm.weight, self.core.norm.variance_epsilon)
-        return _linear(hidden, self.model.lm_head.weight, self.model.lm_head.bias), hidden[:, -1]
+        return F.linear(hidden, self.model.lm_head.weight, self.model.lm_head.bias), hidden[:, -1]
 
 
 def _fused(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -117,12 +118,3 @@ def _fused(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
     biases = [linear.bias for linear in linears]
     return weight, torch.cat(biases) if all(b is not None for b in biases) else None
 
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight^T (+ bias); on a CPU in float32, a wide input (the question, the answer) goes to
-    oneDNN, faster than MKL there (learners/onednn.py), and a thought's one column a row stays on
-    `F.linear`, where oneDNN's call costs more."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() >= WIDE * x.shape[-1]
-            and not torch.is_autocast_enabled("cpu") and onednn_packs(torch.float32)):
-        return OneDNNLinear.apply(x, weight, bias)
-    return F.linear(x, weight, bias)
