@@ -10,6 +10,7 @@ import math
 import random
 from unittest.mock import patch
 
+import peft
 import pytest
 import torch
 import transformers
@@ -132,6 +133,9 @@ def test_lean_passes_leave_watched_and_wrapped_models_alone(tiny):
     assert not LlamaPasses.supports(model)
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     assert not LlamaPasses.supports(gpt2)
+    lora, _tokenizer = tiny_policy(depth=1, seed=0)
+    lora = peft.get_peft_model(lora, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert not LlamaPasses.supports(lora)  # the passes would skip its adapters
 
 
 def test_gradient_reaches_through_the_thoughts(tiny):

@@ -5,12 +5,14 @@ thoughts (one column a thought, the question before them and the answer after).
 For Llama-family models (`LlamaPasses.supports`) the passes call the layers' weights directly:
 q/k/v as one matmul and gate/up as another, `F.rms_norm`, a rotary table looked up once a step,
 the key mask built from one boolean row a pass, and a cache of plain tensors that autograd sees
-through. (oneDNN's matmul for the wide passes, faster on the dev CPU, left a resumed run's weights
-1e-6 away from an uninterrupted one's; these stay on `F.linear`.) The model's own `forward` does the same arithmetic, but on a small model its per-call
+through. The model's own `forward` does the same arithmetic, but on a small model its per-call
 work (mask and cache objects, six-op norms, five separate projections a layer, output records)
 costs more than the arithmetic, and autograd records all of it, once a pass. Any other model,
 a peft wrapper, one with hooks on a module's forward or with gradient checkpointing on, runs
 through `forward` (`ContinuousThoughts`).
+
+The matmuls stay on `F.linear`: oneDNN's, faster for the wide passes on the dev CPU, left a
+resumed run's weights 1e-6 away from an uninterrupted one's (docs/results.md, thirteenth session).
 """
 
 from __future__ import annotations
