@@ -11,8 +11,9 @@ costs more than the arithmetic, and autograd records all of it, once a pass. Any
 a peft wrapper, one with hooks on a module's forward or with gradient checkpointing on, runs
 through `forward` (`ContinuousThoughts`).
 
-The matmuls stay on `F.linear`: oneDNN's, faster for the wide passes on the dev CPU, left a
-resumed run's weights 1e-6 away from an uninterrupted one's (docs/results.md, thirteenth session).
+The matmuls stay on `F.linear`. oneDNN's are faster for the wide passes on the dev CPU, but they
+took a resumed run's weights 1.5e-6 away from an uninterrupted run's, against 5e-7 here
+(docs/results.md, thirteenth session).
 """
 
 from __future__ import annotations
