@@ -129,6 +129,11 @@ def test_lean_passes_leave_watched_and_wrapped_models_alone(tiny):
         assert not LlamaPasses.supports(model)
         handle.remove()
     assert LlamaPasses.supports(model)
+    # transformers' own output capturing, which a forward asked for hidden states installs for
+    # good (generation with thoughts does), does not count: it serves that forward only
+    model(torch.tensor([[5, 6, 7]]), output_hidden_states=True)
+    assert any(m._forward_hooks for m in model.modules())
+    assert LlamaPasses.supports(model)
     model.gradient_checkpointing_enable()
     assert not LlamaPasses.supports(model)
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
@@ -361,5 +366,5 @@ def test_latent_stage_resumes_to_the_same_weights(method, tmp_path, monkeypatch)
     want = load_file(reference / "checkpoints" / "think" / "model.safetensors")
     got = load_file(crashed / "checkpoints" / "think" / "model.safetensors")
     for key in want:
-        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(got[key], want[key], atol=0, rtol=0)
     assert step_keys(crashed) == step_keys(reference)

@@ -11,9 +11,9 @@ costs more than the arithmetic, and autograd records all of it, once a pass. Any
 a peft wrapper, one with hooks on a module's forward or with gradient checkpointing on, runs
 through `forward` (`ContinuousThoughts`).
 
-The matmuls stay on `F.linear`. oneDNN's are faster for the wide passes on the dev CPU, but they
-took a resumed run's weights 1.5e-6 away from an uninterrupted run's, against 5e-7 here
-(docs/results.md, thirteenth session).
+On a CPU in float32 the wide passes' matmuls (the question, the answer) run on oneDNN, faster
+there than MKL (learners/onednn.py); a thought's one column a row stays on `F.linear`, where
+oneDNN's call costs more.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shrinkthink.decoders import LlamaDecoder
+from shrinkthink.decoders import LlamaDecoder, onednn_packs
+from shrinkthink.learners.onednn import OneDNNLinear
+
+WIDE = 128  # rows from which a CPU float32 matmul goes to oneDNN
 
 
 class LlamaPasses:
@@ -34,7 +37,7 @@ class LlamaPasses:
     def supports(model) -> bool:
         if hasattr(model, "get_base_model") or not LlamaDecoder.supports(model):
             return False
-        if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        if any(_watched(m) for m in model.modules()):
             return False  # someone watches a module's forward: let them see every pass
         checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.24
         if checkpointing is None:
@@ -93,7 +96,7 @@ class LlamaPasses:
         for index, layer in enumerate(self.core.layers):
             attention, mlp = layer.self_attn, layer.mlp
             x = F.rms_norm(hidden, (size,), layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-            qkv = F.linear(x, *self.qkv[index]).view(batch, width, heads + 2 * kv_heads, dim)
+            qkv = _linear(x, *self.qkv[index]).view(batch, width, heads + 2 * kv_heads, dim)
             qk = qkv[:, :, : heads + kv_heads]
             qk = qk * cos + qk.roll(half, dims=-1) * signed
             q = qk[:, :, :heads].transpose(1, 2)
@@ -106,13 +109,29 @@ class LlamaPasses:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scaling,
                                                  enable_gqa=heads != kv_heads)
             out = out.transpose(1, 2).reshape(batch, width, heads * dim)
-            hidden = hidden + F.linear(out, attention.o_proj.weight, attention.o_proj.bias)
+            hidden = hidden + _linear(out, attention.o_proj.weight, attention.o_proj.bias)
             x = F.rms_norm(hidden, (size,), layer.post_attention_layernorm.weight,
                            layer.post_attention_layernorm.variance_epsilon)
-            gate, up = F.linear(x, *self.gate_up[index]).chunk(2, dim=-1)
-            hidden = hidden + F.linear(self.act(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
+            gate, up = _linear(x, *self.gate_up[index]).chunk(2, dim=-1)
+            hidden = hidden + _linear(self.act(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
         hidden = F.rms_norm(hidden, (size,), self.core.norm.weight, self.core.norm.variance_epsilon)
-        return F.linear(hidden, self.model.lm_head.weight, self.model.lm_head.bias), hidden[:, -1]
+        return _linear(hidden, self.model.lm_head.weight, self.model.lm_head.bias), hidden[:, -1]
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight^T (+ bias): oneDNN for a wide float32 CPU input, `F.linear` otherwise."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() >= WIDE * x.shape[-1]
+            and not torch.is_autocast_enabled("cpu") and onednn_packs(torch.float32)):
+        return OneDNNLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def _watched(module: nn.Module) -> bool:
+    """Whether `module` has forward hooks other than transformers' own output capturing, which
+    its `forward` installs for good the first time it is asked for hidden states (generation
+    with thoughts does) and which only serves that `forward`."""
+    hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+    return any(not getattr(hook, "__module__", "").startswith("transformers.") for hook in hooks)
 
 
 def _fused(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -166,7 +166,7 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
                               if stage.thought_targets else None)
             device = policy.device
             # not inside onednn_linears: a thought pass is one token a row, where oneDNN's call
-            # costs more than MKL's (and latent/passes.py says why its wide passes stay off it)
+            # costs more than MKL's; the lean passes (latent/passes.py) choose per pass
             loss = coconut.coconut_loss(wrapper, batch_ids.to(device), attention.to(device), loss_mask.to(device),
                                         None if thought_labels is None else thought_labels.to(device))
             optimizer.zero_grad(set_to_none=True)
