@@ -26,6 +26,7 @@ from shrinkthink.decoders import LlamaDecoder, onednn_packs
 from shrinkthink.learners.onednn import OneDNNLinear
 
 WIDE = 128  # rows from which a CPU float32 matmul goes to oneDNN
+OUTPUT_CAPTURING = "transformers.utils.output_capturing"  # the module of transformers' own hooks
 
 
 class LlamaPasses:
@@ -131,7 +132,7 @@ def _watched(module: nn.Module) -> bool:
     its `forward` installs for good the first time it is asked for hidden states (generation
     with thoughts does) and which only serves that `forward`."""
     hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
-    return any(not getattr(hook, "__module__", "").startswith("transformers.") for hook in hooks)
+    return any(getattr(hook, "__module__", None) != OUTPUT_CAPTURING for hook in hooks)
 
 
 def _fused(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
