@@ -129,10 +129,7 @@ class LlamaDecoder:
             with torch.no_grad():
                 probe = torch.zeros((), dtype=stream, device=parameter.device)
                 cos, sin = rotary(probe, torch.arange(max_len, device=parameter.device)[None])
-            half = self.head_dim // 2
-            # rotate_half(x) * sin == x.roll(half) * signed_sin: one op instead of four
-            signed = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
-            self.rope_table = (cos[0], signed)
+            self.rope_table = (cos[0], signed_sine(sin[0]))
 
     def _rope(self, hidden, positions) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin, [batch, width, 1, head_dim]."""
@@ -140,8 +137,7 @@ class LlamaDecoder:
             cos, signed = self.rope_table[0][positions], self.rope_table[1][positions]
         else:
             cos, sin = self.core.rotary_emb(hidden, positions)
-            half = self.head_dim // 2
-            signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+            signed = signed_sine(sin)
         return cos[:, :, None], signed[:, :, None]
 
     def _forward(self, ids, positions) -> torch.Tensor:
@@ -250,6 +246,13 @@ class LlamaDecoder:
             kept[:, :, :, :filled] = cache[:, keep, :, :filled]
             setattr(self, name, kept)
         self.bias = self.bias[keep]
+
+
+def signed_sine(sin: torch.Tensor) -> torch.Tensor:
+    """`sin` [..., head_dim] with its first half negated: rotate_half(x) * sin equals
+    x.roll(head_dim // 2, dims=-1) * signed_sine(sin), one op instead of four."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
 def _unwrapped(model):

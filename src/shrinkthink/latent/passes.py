@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shrinkthink.decoders import LlamaDecoder, onednn_packs
-from shrinkthink.learners.onednn import OneDNNLinear
+from shrinkthink.decoders import LlamaDecoder, signed_sine
+from shrinkthink.learners.onednn import linear
 
 WIDE = 128  # rows from which a CPU float32 matmul goes to oneDNN
 OUTPUT_CAPTURING = "transformers.utils.output_capturing"  # the module of transformers' own hooks
@@ -72,10 +72,7 @@ class LlamaPasses:
             self.gate_up.append(_fused(m.gate_proj, m.up_proj))
         with torch.no_grad():
             cos, sin = core.rotary_emb(model.get_input_embeddings().weight[:1], positions)  # [B, T, D]
-        half = self.head_dim // 2
-        # rotate_half(x) * sin == x.roll(half) * signed_sin
-        self.cos = cos[:, :, None]
-        self.signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, :, None]
+        self.cos, self.signed = cos[:, :, None], signed_sine(sin)[:, :, None]
         self.keep = attention.bool()  # [B, T]
         self.keys: list[torch.Tensor | None] = [None] * len(core.layers)
         self.values: list[torch.Tensor | None] = [None] * len(core.layers)
@@ -97,7 +94,7 @@ class LlamaPasses:
         for index, layer in enumerate(self.core.layers):
             attention, mlp = layer.self_attn, layer.mlp
             x = F.rms_norm(hidden, (size,), layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-            qkv = _linear(x, *self.qkv[index]).view(batch, width, heads + 2 * kv_heads, dim)
+            qkv = _wide(x, *self.qkv[index]).view(batch, width, heads + 2 * kv_heads, dim)
             qk = qkv[:, :, : heads + kv_heads]
             qk = qk * cos + qk.roll(half, dims=-1) * signed
             q = qk[:, :, :heads].transpose(1, 2)
@@ -110,21 +107,18 @@ class LlamaPasses:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scaling,
                                                  enable_gqa=heads != kv_heads)
             out = out.transpose(1, 2).reshape(batch, width, heads * dim)
-            hidden = hidden + _linear(out, attention.o_proj.weight, attention.o_proj.bias)
+            hidden = hidden + _wide(out, attention.o_proj.weight, attention.o_proj.bias)
             x = F.rms_norm(hidden, (size,), layer.post_attention_layernorm.weight,
                            layer.post_attention_layernorm.variance_epsilon)
-            gate, up = _linear(x, *self.gate_up[index]).chunk(2, dim=-1)
-            hidden = hidden + _linear(self.act(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
+            gate, up = _wide(x, *self.gate_up[index]).chunk(2, dim=-1)
+            hidden = hidden + _wide(self.act(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
         hidden = F.rms_norm(hidden, (size,), self.core.norm.weight, self.core.norm.variance_epsilon)
-        return _linear(hidden, self.model.lm_head.weight, self.model.lm_head.bias), hidden[:, -1]
+        return _wide(hidden, self.model.lm_head.weight, self.model.lm_head.bias), hidden[:, -1]
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight^T (+ bias): oneDNN for a wide float32 CPU input, `F.linear` otherwise."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() >= WIDE * x.shape[-1]
-            and not torch.is_autocast_enabled("cpu") and onednn_packs(torch.float32)):
-        return OneDNNLinear.apply(x, weight, bias)
-    return F.linear(x, weight, bias)
+def _wide(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN for a wide pass (at least WIDE rows), `F.linear` for a thought's one column."""
+    return linear(x, weight, bias, min_rows=WIDE)
 
 
 def _watched(module: nn.Module) -> bool:

@@ -48,10 +48,17 @@ class OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, min_rows: int = 0) -> torch.Tensor:
+    """`F.linear`, through oneDNN where it computes the same (float32 on a CPU with oneDNN, no
+    autocast) and `x` has at least `min_rows` rows."""
+    if (x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_autocast_enabled(x.device.type)
+            or x.numel() < min_rows * x.shape[-1] or not onednn_packs(torch.float32)):
+        return F.linear(x, weight, bias)
+    return OneDNNLinear.apply(x, weight, bias)
+
+
 def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
-        return F.linear(x, self.weight, self.bias)
-    return OneDNNLinear.apply(x, self.weight, self.bias)
+    return linear(x, self.weight, self.bias)
 
 
 @contextmanager
