@@ -17,11 +17,12 @@ import transformers
 from safetensors.torch import load_file
 from test_pipeline import cli, crash_in, metric_lines, step_keys
 
-from shrinkthink.config import load_config
+from shrinkthink.config import LatentStage, load_config
 from shrinkthink.latent import coconut, icot
 from shrinkthink.latent.passes import LlamaPasses
 from shrinkthink.model import tiny_policy
 from shrinkthink.pipeline import run_pipeline
+from shrinkthink.stages.latent import lr_factor
 from shrinkthink.policy import Policy
 
 
@@ -260,6 +261,18 @@ def test_latent_policy_generates_batched_and_round_trips(tiny, tmp_path):
     assert loaded.sample(prompts, max_new_tokens=6, greedy=True).completion_ids == batched.completion_ids
 
 
+def test_final_decay_schedule():
+    stage = LatentStage(kind="latent", name="think", method="coconut", levels=[1], steps=10, lr=1.0,
+                        warmup_steps=2, final_decay=True)
+    # warm-up after each reset, then constant until the last curriculum step
+    assert [lr_factor(stage, s, 0, final=False) for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
+    # the last one (steps 6-9) warms up again and falls on a cosine towards 0 at step 10
+    decay = [lr_factor(stage, s, 6, final=True) for s in range(6, 10)]
+    assert decay == pytest.approx([0.5, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])
+    held = stage.model_copy(update={"final_decay": False})
+    assert [lr_factor(held, s, 6, final=True) for s in range(6, 10)] == [0.5, 1.0, 1.0, 1.0]
+
+
 # --- iCoT -----------------------------------------------------------------------------------------
 def test_removal_schedule():
     assert [icot.scheduled_removal(s, 8, 100) for s in (0, 99, 100, 250)] == [0, 0, 8, 16]
@@ -315,8 +328,8 @@ stages:
 """
 METHODS = {
     "coconut": ("    steps_per_stage: 2\n    max_latent_stage: 1\n    earlier_stage_share: 0.3\n    thought_scale: embedding\n"
-                "    thought_targets: true"),
-    "icot": "    remove_every_steps: 2\n    remove_tokens: 4\n    drop_all_after: 6",
+                "    thought_targets: true\n    final_decay: true"),
+    "icot": "    remove_every_steps: 2\n    remove_tokens: 4\n    drop_all_after: 6\n    final_decay: true",
 }
 
 
@@ -339,6 +352,8 @@ def test_cli_run_with_latent_stage(method, tmp_path):
     assert [r["step"] for r in lines] == list(range(1, 7))
     assert all({"loss", "latent_steps", "seconds"} <= set(r) for r in lines)
     assert sum(bool(r.get("optimizer_reset")) for r in lines) == 2
+    # the last curriculum step (steps 5-6) decays the learning rate, half way at its second step
+    assert [r["lr"] for r in lines[:5]] == [0.001] * 5 and lines[5]["lr"] == pytest.approx(0.0005)
     assert (run_dir / "latent" / "think.jsonl").is_file()
     # the checkpoint answers through `eval` and `sample` as it was trained to
     evaluated = cli("eval", str(run_dir / "checkpoints" / "think"), "--task", "arith", "--options",

@@ -224,6 +224,7 @@ class LatentStage(StageBase):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0, description="constant after warm-up; the optimizer is reset at every curriculum step")
     warmup_steps: int = Field(0, ge=0, description="updates over which lr ramps up after each optimizer reset")
+    final_decay: bool = Field(False, description="in the last curriculum step (coconut: every step latent; icot: all reasoning removed), lr falls to 0 on a cosine by the stage's last step")
     max_new_tokens: int = Field(96, ge=1, description="completion cap for evaluation and answering")
     max_grad_norm: float = Field(1.0, gt=0)
     # COCONUT (paper names in brackets)

@@ -12,7 +12,8 @@ policy's own verified greedy transcripts (after a shrink stage, the short ones; 
 the task's gold steps where the policy fails or with `source: gold`. The pool is written to
 `latent/<stage>.jsonl` in the run directory, so a resumed run trains on the same one.
 
-    shrinkthink run configs/quickstart-coconut.yaml
+    shrinkthink run                                   # the quickstart: its last stage is COCONUT
+    shrinkthink run configs/quickstart-icot.yaml      # the same, ending with iCoT
     shrinkthink run configs/icot-multiply-4x4-cpu.yaml
     shrinkthink run configs/coconut-prosqa-cpu.yaml
 """
@@ -20,6 +21,7 @@ the task's gold steps where the policy fails or with `source: gold`. The pool is
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 
@@ -72,6 +74,16 @@ def load_pool(ctx: StageContext, stage: LatentStage) -> tuple[list[Problem], lis
         path.write_text("".join(json.dumps({"id": p.id, "source": src, "steps": s}) + "\n"
                                 for p, src, s in zip(problems, source, steps)))
     return problems, steps, source.count("policy") / max(1, len(source))
+
+
+def lr_factor(stage: LatentStage, step: int, phase_start: int, final: bool) -> float:
+    """The share of `lr` at `step`: a linear warm-up after each optimizer reset, then constant; with
+    `final_decay`, the last curriculum step falls on a cosine to 0 at the stage's last step."""
+    warm = min(1.0, (step - phase_start + 1) / stage.warmup_steps) if stage.warmup_steps else 1.0
+    if not (stage.final_decay and final):
+        return warm
+    span = stage.steps - phase_start
+    return warm * 0.5 * (1.0 + math.cos(math.pi * (step - phase_start) / span))
 
 
 def run(ctx: StageContext, stage: LatentStage) -> StageResult:
@@ -141,9 +153,8 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
             optimizer = make_optimizer(policy, stage.lr)
             policy.latent = latent_mode(phase)
             record["optimizer_reset"] = True
-        warm = min(1.0, (step - phase_start + 1) / stage.warmup_steps) if stage.warmup_steps else 1.0
         for group in optimizer.param_groups:
-            group["lr"] = stage.lr * warm
+            group["lr"] = stage.lr * lr_factor(stage, step, phase_start, final(phase))
         batch = [rng.randrange(len(problems)) for _ in range(stage.batch_size)]
         policy.model.train()
         if stage.method == "coconut":
