@@ -140,10 +140,11 @@ def test_every_shipped_config_validates(path: Path) -> None:
     assert config.stages and config.name
 
 
-def test_the_coconut_quickstart_is_the_quickstart_up_to_its_last_stage() -> None:
-    """configs/quickstart-coconut.yaml repeats the quickstart's first four stages: they must not drift."""
+def test_the_icot_quickstart_is_the_quickstart_up_to_its_last_stage() -> None:
+    """configs/quickstart-icot.yaml repeats the quickstart's first four stages: they must not drift."""
     quickstart = load_config(None)
-    coconut = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "quickstart-coconut.yaml"))
-    assert coconut.stages[:-1] == quickstart.stages[:-1]
-    assert (coconut.model, coconut.task, coconut.seed) == (quickstart.model, quickstart.task, quickstart.seed)
-    assert coconut.stages[-1].method == "coconut" and coconut.stages[-1].thought_targets
+    icot = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "quickstart-icot.yaml"))
+    assert icot.stages[:-1] == quickstart.stages[:-1]
+    assert (icot.model, icot.task, icot.seed) == (quickstart.model, quickstart.task, quickstart.seed)
+    assert icot.stages[-1].method == "icot" and quickstart.stages[-1].method == "coconut"
+    assert quickstart.stages[-1].thought_targets and quickstart.stages[-1].final_decay
