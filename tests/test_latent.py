@@ -22,8 +22,8 @@ from shrinkthink.latent import coconut, icot
 from shrinkthink.latent.passes import LlamaPasses
 from shrinkthink.model import tiny_policy
 from shrinkthink.pipeline import run_pipeline
-from shrinkthink.stages.latent import lr_factor
 from shrinkthink.policy import Policy
+from shrinkthink.stages.latent import lr_factor
 
 
 @pytest.fixture
@@ -264,13 +264,17 @@ def test_latent_policy_generates_batched_and_round_trips(tiny, tmp_path):
 def test_final_decay_schedule():
     stage = LatentStage(kind="latent", name="think", method="coconut", levels=[1], steps=10, lr=1.0,
                         warmup_steps=2, final_decay=True)
-    # warm-up after each reset, then constant until the last curriculum step
-    assert [lr_factor(stage, s, 0, final=False) for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
+    # warm-up after each reset, then constant until the last curriculum step begins (step 6)
+    assert [lr_factor(stage, s, 0, final_start=6) for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
+    assert lr_factor(stage, 5, 0, final_start=None) == 1.0
     # the last one (steps 6-9) warms up again and falls on a cosine towards 0 at step 10
-    decay = [lr_factor(stage, s, 6, final=True) for s in range(6, 10)]
+    decay = [lr_factor(stage, s, 6, final_start=6) for s in range(6, 10)]
     assert decay == pytest.approx([0.5, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])
+    # an optimizer reset inside the last curriculum step (iCoT's removal still growing) warms up
+    # again, but the cosine keeps counting from where the last step began
+    assert lr_factor(stage, 8, 8, final_start=6) == pytest.approx(0.5 * 0.5)
     held = stage.model_copy(update={"final_decay": False})
-    assert [lr_factor(held, s, 6, final=True) for s in range(6, 10)] == [0.5, 1.0, 1.0, 1.0]
+    assert [lr_factor(held, s, 6, final_start=6) for s in range(6, 10)] == [0.5, 1.0, 1.0, 1.0]
 
 
 # --- iCoT -----------------------------------------------------------------------------------------

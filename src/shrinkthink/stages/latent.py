@@ -76,14 +76,16 @@ def load_pool(ctx: StageContext, stage: LatentStage) -> tuple[list[Problem], lis
     return problems, steps, source.count("policy") / max(1, len(source))
 
 
-def lr_factor(stage: LatentStage, step: int, phase_start: int, final: bool) -> float:
-    """The share of `lr` at `step`: a linear warm-up after each optimizer reset, then constant; with
-    `final_decay`, the last curriculum step falls on a cosine to 0 at the stage's last step."""
+def lr_factor(stage: LatentStage, step: int, phase_start: int, final_start: int | None) -> float:
+    """The share of `lr` at `step`: a linear warm-up after each optimizer reset (at `phase_start`),
+    then constant; with `final_decay`, from `final_start`, the first step of the last curriculum
+    step, a cosine down to 0 at the stage's last step. iCoT's removal goes on growing after all
+    reasoning is gone, so its optimizer resets and warms up again inside the decay, which keeps
+    counting from `final_start`."""
     warm = min(1.0, (step - phase_start + 1) / stage.warmup_steps) if stage.warmup_steps else 1.0
-    if not (stage.final_decay and final):
+    if not stage.final_decay or final_start is None or step < final_start:
         return warm
-    span = stage.steps - phase_start
-    return warm * 0.5 * (1.0 + math.cos(math.pi * (step - phase_start) / span))
+    return warm * 0.5 * (1.0 + math.cos(math.pi * (step - final_start) / (stage.steps - final_start)))
 
 
 def run(ctx: StageContext, stage: LatentStage) -> StageResult:
@@ -131,6 +133,8 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
         def latent_mode(phase: int) -> dict:
             return {"method": "icot", "removed_tokens": phase, "thoughts": 0}
 
+    # the schedule is a function of the step alone, so a resumed run finds the same start
+    final_start = next((s for s in range(stage.steps) if final(phase_at(s))), None)
     optimizer = make_optimizer(policy, stage.lr)
     start, phase, phase_start = 0, phase_at(0), 0
     plateau = Plateau(stage.gate.patience, stage.gate.min_delta)  # counted in the last phase only
@@ -154,7 +158,7 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
             policy.latent = latent_mode(phase)
             record["optimizer_reset"] = True
         for group in optimizer.param_groups:
-            group["lr"] = stage.lr * lr_factor(stage, step, phase_start, final(phase))
+            group["lr"] = stage.lr * lr_factor(stage, step, phase_start, final_start)
         batch = [rng.randrange(len(problems)) for _ in range(stage.batch_size)]
         policy.model.train()
         if stage.method == "coconut":
