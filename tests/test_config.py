@@ -102,6 +102,8 @@ def test_wrong_type_names_the_field(small: Path, override: str, field: str, word
 
 def test_bad_combinations_are_rejected_naming_the_field(small: Path) -> None:
     assert "model.path is required" in error_of(small, "model.kind=pretrained")
+    assert "model.tokenizer: a pretrained model brings its own" in error_of(
+        small, "model.kind=pretrained", "model.path=smollm2", "model.tokenizer=bpe")
     assert "max_level (1) is below start_level (2)" in error_of(small, "stages.1.max_level=1", "stages.1.start_level=2")
     assert "stage names must be unique: warm" in error_of(small, "stages.1.name=warm")
     shrink = error_of(small, "stages.1={name: cut, kind: shrink, steps: 5, gate: {patience: 2}}")

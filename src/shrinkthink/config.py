@@ -35,8 +35,10 @@ class LoraConfig(Strict):
 
 
 class ModelConfig(Strict):
-    kind: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: built from scratch with a character tokenizer; pretrained: a local folder, a .gguf file or 'smollm2'")
+    kind: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: built from scratch (its tokenizer: `tokenizer`); pretrained: a local folder, a .gguf file or 'smollm2'")
     depth: int = Field(4, ge=1, le=32, description="tiny only: the one size dial (layers; width 32*depth)")
+    tokenizer: Literal["char", "bpe"] = Field("char", description="tiny only: char: one token per printable ASCII character; bpe: byte-pair merges trained on the task's training prompts and demonstrations when the model is built (a frequent word becomes one token; digits and punctuation stay one character a token), saved with every checkpoint")
+    vocab_size: int = Field(4096, ge=128, le=65536, description="tiny bpe only: the most tokens the merges may reach")
     path: str | None = Field(None, description="pretrained only: local folder, .gguf file, or 'smollm2'")
     dtype: Literal["float32", "bfloat16", "auto"] = Field("auto", description="auto: bfloat16 on CUDA when the base weights are frozen (lora), float32 otherwise (Adam's small steps vanish in bfloat16 weights)")
     lora: LoraConfig | None = Field(None, description="train low-rank adapters instead of every weight (needs peft)")
@@ -45,6 +47,8 @@ class ModelConfig(Strict):
     def _path_for_pretrained(self):
         if self.kind == "pretrained" and not self.path:
             raise ValueError("model.path is required when model.kind is 'pretrained'")
+        if self.kind == "pretrained" and self.tokenizer != "char":
+            raise ValueError("model.tokenizer: a pretrained model brings its own tokenizer; 'bpe' is for kind 'tiny'")
         return self
 
 

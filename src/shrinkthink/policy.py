@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
 
 from shrinkthink.config import ModelConfig
-from shrinkthink.model import load_pretrained, tiny_policy
+from shrinkthink.model import bpe_tokenizer, load_pretrained, tiny_policy
 from shrinkthink.rollout import Samples, sample
 
 LATENT_FILE = "latent.json"
@@ -73,9 +74,17 @@ class Policy:
         self.latent: dict | None = None
 
     @classmethod
-    def from_config(cls, config: ModelConfig, device: torch.device, seed: int = 0) -> "Policy":
+    def from_config(cls, config: ModelConfig, device: torch.device, seed: int = 0,
+                    corpus: Iterable[str] | None = None) -> "Policy":
+        """A fresh policy. A tiny model with `tokenizer: bpe` trains its merges on `corpus` (the
+        task's training text: `pipeline.tokenizer_corpus`)."""
         if config.kind == "tiny":
-            model, tokenizer = tiny_policy(config.depth, seed=seed)
+            tokenizer = None
+            if config.tokenizer == "bpe":
+                if corpus is None:
+                    raise ValueError("model.tokenizer 'bpe' needs a corpus to train its merges on")
+                tokenizer = bpe_tokenizer(corpus, config.vocab_size)
+            model, tokenizer = tiny_policy(config.depth, seed=seed, tokenizer=tokenizer)
         else:
             model, tokenizer = load_pretrained(config.path, dtype=model_dtype(config, device))
         if config.lora is not None:
