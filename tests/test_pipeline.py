@@ -288,3 +288,21 @@ def test_explore_leaves_on_a_plateau_at_its_top_level(config_path: Path, tmp_pat
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     climb = next(s for s in summary["stages"] if s["name"] == "climb")
     assert climb["steps"] == 3 and climb["stop_reason"].startswith("gate: plateau, 2 evaluations")
+
+
+@pytest.mark.parametrize("pool", [2, 4000])
+def test_the_warm_start_draws_from_pool_problems_a_level(pool: int, tmp_path: Path, monkeypatch) -> None:
+    from shrinkthink.stages import warmstart
+
+    seen: set[tuple[int, ...]] = set()
+
+    def recording_step(policy, optimizer, prompts, targets, **kwargs):
+        seen.update(tuple(p) for p in prompts)
+        return 0.0
+
+    monkeypatch.setattr(warmstart, "supervised_step", recording_step)
+    config = load_config(None, ["name=pool", "threads=1", "model.depth=1", "task.eval_levels=[1]",
+                                "task.eval_problems=2", f"stages=[{{name: warm, kind: warmstart, levels: [1, 2], "
+                                f"steps: 3, batch_size: 16, eval_every: 3, eval_problems: 2, pool_problems: {pool}}}]"])
+    run_pipeline(config, run_dir=str(tmp_path / "run"), progress=False)
+    assert len(seen) <= 2 * pool and (pool > 2) == (len(seen) > 4)

@@ -189,6 +189,7 @@ class WarmStartStage(StageBase):
     digression_rate: float = Field(0.3, ge=0, le=1, description="chance of a digression after each gold step")
     recheck: float = Field(0.0, ge=0, le=1, description="share of demonstrations with the re-check habit: every gold step followed by `check <step>` (greedy decoding keeps a habit, where it skips chance digressions)")
     random_positions: float | None = Field(None, gt=0, description="randomised positions (Ruoss et al. 2023): each demonstration's tokens sit at sorted uniform draws on [0, span) instead of 0, 1, 2, ...; every later forward counts 0, 1, 2, ... So a model that saw only short demonstrations has already seen the distances a longer transcript brings. Set it to about the longest prompt plus completion the policy will decode; off: null")
+    pool_problems: int = Field(4000, ge=1, description="training problems per level the demonstrations are drawn from; a model memorises a pool it sees many times over (ProsQA's made-up names want tens of thousands)")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)
     warmup_steps: int = Field(20, ge=0)

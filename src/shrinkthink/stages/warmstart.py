@@ -17,9 +17,6 @@ from shrinkthink.config import WarmStartStage
 from shrinkthink.learners import make_optimizer, supervised_step
 from shrinkthink.stages import Plateau, StageContext, StageResult
 
-POOL_PER_LEVEL = 4000
-
-
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """Learning-rate multiplier: linear warm-up, then cosine decay to 10%."""
     if step < warmup:
@@ -31,7 +28,7 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 def run(ctx: StageContext, stage: WarmStartStage) -> StageResult:
     policy, task = ctx.policy, ctx.task
     seed = ctx.config.seed
-    pool = [p for level in stage.levels for p in task.problems(level, POOL_PER_LEVEL, "train", seed=seed)]
+    pool = [p for level in stage.levels for p in task.problems(level, stage.pool_problems, "train", seed=seed)]
     optimizer = make_optimizer(policy, stage.lr)
     start = 0
     plateau = Plateau(stage.gate.patience, stage.gate.min_delta)
