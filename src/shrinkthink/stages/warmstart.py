@@ -17,6 +17,7 @@ from shrinkthink.config import WarmStartStage
 from shrinkthink.learners import make_optimizer, supervised_step
 from shrinkthink.stages import Plateau, StageContext, StageResult
 
+
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """Learning-rate multiplier: linear warm-up, then cosine decay to 10%."""
     if step < warmup:
