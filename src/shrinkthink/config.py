@@ -44,7 +44,7 @@ class ModelConfig(Strict):
     lora: LoraConfig | None = Field(None, description="train low-rank adapters instead of every weight (needs peft)")
 
     @model_validator(mode="after")
-    def _path_for_pretrained(self):
+    def _pretrained_fields(self):
         if self.kind == "pretrained" and not self.path:
             raise ValueError("model.path is required when model.kind is 'pretrained'")
         if self.kind == "pretrained" and self.tokenizer != "char":

@@ -94,6 +94,7 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
     task = make_task(config.task.name, config.task.options)
     check_levels(config, task)
     check_stages(config, task, device)
+    # the corpus is a generator: nothing is drawn unless a `bpe` tokenizer reads it
     fresh_policy = None if resume else Policy.from_config(config.model, device, seed=config.seed,
                                                           corpus=tokenizer_corpus(config, task))
     run = RunDir(path)
