@@ -19,6 +19,7 @@ from shrinkthink.records import Problem
 from shrinkthink.tasks import TASKS, Task, gold_completion, list_tasks, make_task
 from shrinkthink.tasks.arith import ArithTask, carry_steps, refer_steps, running_values
 from shrinkthink.tasks.multiply import MultiplyTask, icot_steps, rev
+from shrinkthink.tasks.prontoqa import ProntoQATask
 from shrinkthink.tasks.prosqa import ProsQATask
 
 BUILTINS: dict[str, Task] = {
@@ -28,6 +29,7 @@ BUILTINS: dict[str, Task] = {
     "arith-minus-carry": ArithTask(ops="+-", step_format="carry", min_operand=1),
     "multiply": MultiplyTask(),
     "prosqa": ProsQATask(),
+    "prontoqa": ProntoQATask(),
 }
 CASES = [(key, level) for key, task in BUILTINS.items() for level in range(1, task.max_level + 1)]
 PRINTABLE = set(map(chr, range(32, 127))) | {"\n"}
@@ -235,6 +237,35 @@ def test_prosqa_graph(level: int) -> None:
         assert task.is_correct(problem, f"a {problem.answer}.")
         assert task.is_correct(problem, f"{meta['person']} is a {problem.answer}")
         assert not task.is_correct(problem, meta["other"])
+
+
+@pytest.mark.parametrize("level", range(1, 7))
+def test_prontoqa_chain(level: int) -> None:
+    task = BUILTINS["prontoqa"]
+    for problem in sample(task, level):
+        meta = problem.metadata
+        person, path = meta["person"], meta["path"]
+        facts = problem.prompt.split("\n")
+        question = facts.pop()
+        assert len(path) == level + 1 and f"{person} is a {path[0]}." in facts
+        assert all(f"Every {u} is a {v}." in facts for u, v in zip(path, path[1:]))
+        asked, holds = meta["properties"][0][1:]
+        # the asked property is stated both ways (at the chain's end and at the distractor's),
+        # so the word alone does not give the answer
+        assert f"Every {path[-1]} is {'' if holds else 'not '}{asked}." in facts
+        assert f"is {'not ' if holds else ''}{asked}." in "\n".join(facts)
+        negated = question.endswith(f"is not {asked}.")
+        assert question.startswith(f"True or false: {person} is ")
+        assert problem.answer == ("True" if negated != holds else "False")
+        assert task.is_correct(problem, problem.answer.lower())
+        assert not task.is_correct(problem, meta["other"])
+        # the step checker: true conclusions only
+        branch_end = meta["properties"][1][0]
+        assert task.step_valid(problem, f"{person} is a {path[-1]}.")
+        assert not task.step_valid(problem, f"{person} is a {branch_end}.")
+        assert not task.step_valid(problem, f"{person} is {'not ' if holds else ''}{asked}.")
+        assert not task.step_valid(problem, f"Every {path[-1]} is a {path[0]}.")
+        assert not task.step_valid(problem, "Max is a.")
 
 
 # --- jsonl ----------------------------------------------------------------------------------

@@ -18,12 +18,14 @@ from shrinkthink.tasks.arith import ArithTask
 from shrinkthink.tasks.base import ANSWER_PREFIX, Task, gold_completion, reasoning_part, split_of
 from shrinkthink.tasks.jsonl import JsonlTask
 from shrinkthink.tasks.multiply import MultiplyTask
+from shrinkthink.tasks.prontoqa import ProntoQATask
 from shrinkthink.tasks.prosqa import ProsQATask
 
 TASKS: dict[str, type[Task]] = {
     "arith": ArithTask,
     "jsonl": JsonlTask,
     "multiply": MultiplyTask,
+    "prontoqa": ProntoQATask,
     "prosqa": ProsQATask,
 }
 

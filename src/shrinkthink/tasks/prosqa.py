@@ -161,12 +161,12 @@ class ProsQATask(Task):
         return super().digression(problem, step_index, rng)
 
 
-def concept_names(n: int, rng: random.Random) -> list[str]:
+def concept_names(n: int, rng: random.Random, exclude: tuple[str, ...] = ()) -> list[str]:
     """`n` distinct nonsense words of 3-4 letters (consonant-vowel-consonant, sometimes plus a
-    vowel)."""
+    vowel), none of them in `exclude`."""
     names: list[str] = []
     # "Tom is a tom." would make the person and a concept indistinguishable once case-folded.
-    seen: set[str] = {person.lower() for person in PEOPLE}
+    seen: set[str] = {person.lower() for person in PEOPLE} | set(exclude)
     while len(names) < n:
         word = rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
         if rng.random() < 0.3:
