@@ -263,7 +263,7 @@ def test_latent_policy_generates_batched_and_round_trips(tiny, tmp_path):
 
 def test_final_decay_schedule():
     stage = LatentStage(kind="latent", name="think", method="coconut", levels=[1], steps=10, lr=1.0,
-                        warmup_steps=2, final_decay=True)
+                        warmup_steps=2, final_decay=True, steps_per_stage=2, max_latent_stage=2)
     # warm-up after each reset, then constant until the last curriculum step begins (step 6)
     assert [lr_factor(stage, s, 0, final_start=6) for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
     assert lr_factor(stage, 5, 0, final_start=None) == 1.0
@@ -275,6 +275,14 @@ def test_final_decay_schedule():
     assert lr_factor(stage, 8, 8, final_start=6) == pytest.approx(0.5 * 0.5)
     held = stage.model_copy(update={"final_decay": False})
     assert [lr_factor(held, s, 6, final_start=6) for s in range(6, 10)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_final_decay_that_could_never_start_is_refused():
+    with pytest.raises(ValueError, match="final_decay: the last curriculum stage would begin at step 600"):
+        LatentStage(kind="latent", name="think", method="coconut", levels=[1], steps=600, final_decay=True,
+                    steps_per_stage=150, max_latent_stage=3)
+    LatentStage(kind="latent", name="think", method="coconut", levels=[1], steps=601, final_decay=True,
+                steps_per_stage=150, max_latent_stage=3)
 
 
 # --- iCoT -----------------------------------------------------------------------------------------

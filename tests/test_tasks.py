@@ -266,6 +266,20 @@ def test_prontoqa_chain(level: int) -> None:
         assert not task.step_valid(problem, f"{person} is {'not ' if holds else ''}{asked}.")
         assert not task.step_valid(problem, f"Every {path[-1]} is a {path[0]}.")
         assert not task.step_valid(problem, "Max is a.")
+        # a line of two sentences is a step when both are true
+        assert task.step_valid(problem, f"Every {path[-2]} is a {path[-1]}. {person} is a {path[-1]}.")
+        assert not task.step_valid(problem, f"Every {path[-2]} is a {path[-1]}. {person} is a {branch_end}.")
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_prontoqa_negated_queries(share: float) -> None:
+    task = ProntoQATask(negated_queries=share)
+    problems = task.problems(2, 40, "train", seed=0)
+    assert all(("is not " in p.prompt.split("\n")[-1]) == (share == 1.0) for p in problems)
+    # the answer still depends on the chain: both answers occur
+    assert {p.answer for p in problems} == {"True", "False"}
+    with pytest.raises(ValueError, match="negated_queries"):
+        ProntoQATask(negated_queries=1.5)
 
 
 # --- jsonl ----------------------------------------------------------------------------------

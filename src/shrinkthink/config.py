@@ -259,6 +259,11 @@ class LatentStage(StageBase):
             raise ValueError(f"{', '.join(sorted(foreign))}: not a field of method '{self.method}'")
         if self.method == "coconut" and self.start_stage > self.max_latent_stage + 1:
             raise ValueError(f"start_stage ({self.start_stage}) is past the last stage (max_latent_stage + 1 = {self.max_latent_stage + 1})")
+        if self.method == "coconut" and self.final_decay:
+            last = (self.max_latent_stage + 1 - self.start_stage) * self.steps_per_stage
+            if last >= self.steps:
+                raise ValueError(f"final_decay: the last curriculum stage would begin at step {last}, "
+                                 f"past the stage's {self.steps} steps, so nothing would decay")
         return self
 
 

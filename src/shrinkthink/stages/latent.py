@@ -16,6 +16,7 @@ the task's gold steps where the policy fails or with `source: gold`. The pool is
     shrinkthink run configs/quickstart-icot.yaml      # the same, ending with iCoT
     shrinkthink run configs/icot-multiply-4x4-cpu.yaml
     shrinkthink run configs/coconut-prosqa-cpu.yaml
+    shrinkthink run configs/coconut-prontoqa-cpu.yaml
 """
 
 from __future__ import annotations

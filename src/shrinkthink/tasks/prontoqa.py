@@ -10,9 +10,10 @@ the first, and the question whether the person has the property.
     Every ros is a lin.
     True or false: Tom is bright.
 
-Gold steps walk the chain one conclusion a line (`Tom is a wum.`, then `Tom is not bright.`) and
-the answer is `True` or `False`; level L is the number of concept-to-concept hops before the
-property. The distractor chain carries the opposite property, so the property word alone never
+Gold steps walk the chain as ProntoQA's chain of thought does, each rule before what it
+concludes, a hop a line (`Tom is a dak.`, `Every dak is a wum. Tom is a wum.`, `Every wum is not
+bright. Tom is not bright.`), and the answer is `True` or `False`; level L is the number of
+concept-to-concept hops before the property. The distractor chain carries the opposite property, so the property word alone never
 tells the answer (ProntoQA's distractors); some concepts on the path carry properties the
 question does not ask about.
 
@@ -46,15 +47,22 @@ class ProntoQATask(Task):
     description = "ProntoQA-style deduction over made-up concepts (level L: L hops), as in COCONUT"
     max_level = 6
 
-    def __init__(self, distractors: int = 2, extra_properties: float = 0.5,
+    def __init__(self, distractors: int = 2, extra_properties: float = 0.5, negated_queries: float = 0.5,
                  heldout_fraction: float = 0.2) -> None:
+        """`distractors`: concepts in the chain that carries the opposite property (0: none, and
+        the property word alone gives the answer); `extra_properties`: the chance that a concept
+        other than a chain's last carries an unasked property; `negated_queries`: the share of
+        questions asked as `... is not bright.` (0: the answer is whether the last step says
+        `not`; otherwise it compares that with the question)."""
         super().__init__(heldout_fraction)
         if distractors < 0:
             raise ValueError(f"distractors must be non-negative, got {distractors}")
-        if not 0.0 <= extra_properties <= 1.0:
-            raise ValueError(f"extra_properties must be in 0..1, got {extra_properties}")
+        for name, share in (("extra_properties", extra_properties), ("negated_queries", negated_queries)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be in 0..1, got {share}")
         self.distractors = distractors
         self.extra_properties = extra_properties
+        self.negated_queries = negated_queries
 
     def generate(self, level: int, rng: random.Random) -> Problem:
         person = rng.choice(PEOPLE)
@@ -77,10 +85,12 @@ class ProntoQATask(Task):
         facts = ([f"{person} is a {path[0]}."] + [f"Every {u} is a {v}." for u, v in rules]
                  + [f"Every {c} is {said(a, h)}." for c, a, h in properties])
         rng.shuffle(facts)
-        query = rng.random() < 0.5
+        query = rng.random() < 1.0 - self.negated_queries  # True: asked as `is bright`
         answer = "True" if query == holds else "False"
         prompt = "\n".join([*facts, f"True or false: {person} is {said(asked, query)}."])
-        steps = [f"{person} is a {c}." for c in path[1:]] + [f"{person} is {said(asked, holds)}."]
+        # ProntoQA's chain of thought, each rule it uses written before its conclusion: a line a hop
+        ends = [f"a {c}" for c in path[1:]] + [said(asked, holds)]
+        steps = [f"{person} is a {path[0]}."] + [f"Every {c} is {end}. {person} is {end}." for c, end in zip(path, ends)]
         digest = hashlib.sha256(prompt.encode()).hexdigest()[:10]
         return Problem(
             id=f"{self.name}-L{level}-{digest}",
@@ -104,10 +114,15 @@ class ProntoQATask(Task):
     has_step_checker = True
 
     def step_valid(self, problem: Problem, line: str) -> bool:
-        """A rule or property the question states, the person being a concept its rules reach
-        from their first one, or having a property one of those concepts has. Filler, re-checks
-        and made-up facts are not."""
-        fact = parse_fact(line)
+        """Every sentence of the line is a rule or property the question states, the person being
+        a concept its rules reach from their first one, or having a property one of those
+        concepts has. Filler, re-checks and made-up facts are not."""
+        sentences = re.findall(r"[^.]*\.", line.strip())
+        return bool(sentences) and "".join(sentences) == line.strip() and all(
+            self._sentence_valid(problem, sentence) for sentence in sentences)
+
+    def _sentence_valid(self, problem: Problem, sentence: str) -> bool:
+        fact = parse_fact(sentence)
         if fact is None:
             return False
         subject, predicate, holds, universal = fact
