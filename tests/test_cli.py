@@ -98,7 +98,7 @@ def test_tasks_lists_builtins_and_reasoning_gym(tmp_path: Path) -> None:
     result = cli("tasks", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
-    assert names[:4] == ["arith", "jsonl", "multiply", "prosqa"]  # built-ins first
+    assert names[:5] == ["arith", "jsonl", "multiply", "prontoqa", "prosqa"]  # built-ins first
     gym = [n for n in names if n.startswith("gym:")]
     assert len(gym) > 20 and "gym:chain_sum" in gym
     assert all(len(line.split(maxsplit=1)) == 2 for line in result.stdout.splitlines())  # name, description
