@@ -17,13 +17,12 @@ generalises in length:
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from typing import Literal
 
 from shrinkthink.records import Problem
-from shrinkthink.tasks.base import Task
+from shrinkthink.tasks.base import Task, problem_id
 from shrinkthink.verify import numbers_equal
 
 StepFormat = Literal["refer", "carry"]
@@ -76,9 +75,8 @@ class ArithTask(Task):
             if self.step_format == "refer"
             else carry_steps(terms, ops, values)
         )
-        digest = hashlib.sha256(prompt.encode()).hexdigest()[:10]
         return Problem(
-            id=f"{self.name}-L{level}-{digest}",
+            id=problem_id(self.name, level, prompt),
             prompt=prompt,
             answer=str(values[-1]),
             level=level,

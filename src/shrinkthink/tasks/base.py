@@ -28,6 +28,12 @@ def split_of(prompt: str, heldout_fraction: float) -> Split:
     return "test" if int.from_bytes(digest[:8], "big") / 2**64 < heldout_fraction else "train"
 
 
+def problem_id(task_name: str, level: int, prompt: str) -> str:
+    """`<task>-L<level>-<first 10 hex digits of the prompt's sha256>`: the same question always
+    gets the same id."""
+    return f"{task_name}-L{level}-{hashlib.sha256(prompt.encode()).hexdigest()[:10]}"
+
+
 def gold_completion(steps: list[str], answer: str) -> str:
     """The clean transcript: one step a line, then the answer line."""
     return "\n".join([*steps, ANSWER_PREFIX + answer])

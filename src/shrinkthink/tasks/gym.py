@@ -19,7 +19,7 @@ from typing import Any
 
 from shrinkthink.errors import UserError
 from shrinkthink.records import Problem
-from shrinkthink.tasks.base import Split, Task, split_of
+from shrinkthink.tasks.base import Split, Task, problem_id, split_of
 
 # Entries a `generate` call draws from (reasoning-gym items are indexed; most datasets derive
 # each item from seed + index, some precompute, so the pool is finite and cached).
@@ -111,10 +111,9 @@ class GymTask(Task):
 
     def _problem(self, entry: dict[str, Any], level: int) -> Problem:
         question = str(entry["question"])
-        digest = hashlib.sha256(question.encode()).hexdigest()[:10]
         answer = entry.get("answer")
         return Problem(
-            id=f"{self.name}-L{level}-{digest}",
+            id=problem_id(self.name, level, question),
             prompt=question,
             answer="" if answer is None else str(answer),
             level=level,

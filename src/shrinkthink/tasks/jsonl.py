@@ -13,7 +13,6 @@ read and checked when the task is built, so a bad row fails the run before any t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 from shrinkthink.errors import UserError
 from shrinkthink.records import Problem
-from shrinkthink.tasks.base import Split, Task, split_of
+from shrinkthink.tasks.base import Split, Task, problem_id, split_of
 from shrinkthink.verify import answers_match
 
 
@@ -103,9 +102,8 @@ def parse_row(line: str, where: str, heldout_fraction: float) -> tuple[Problem, 
     split = row.get("split", split_of(question, heldout_fraction))
     if split not in ("train", "test"):
         raise UserError(f"{where}: 'split' must be 'train' or 'test', got {split!r}")
-    digest = hashlib.sha256(question.encode()).hexdigest()[:10]
     problem = Problem(
-        id=str(row.get("id", f"jsonl-L{level}-{digest}")),
+        id=str(row.get("id", problem_id("jsonl", level, question))),
         prompt=question,
         answer=str(answer),
         level=level,

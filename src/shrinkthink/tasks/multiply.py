@@ -19,12 +19,11 @@ pay per character.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 
 from shrinkthink.records import Problem
-from shrinkthink.tasks.base import Task
+from shrinkthink.tasks.base import Task, problem_id
 
 
 class MultiplyTask(Task):
@@ -48,9 +47,8 @@ class MultiplyTask(Task):
         a = rng.randint(10 ** (a_digits - 1), 10**a_digits - 1)
         b = rng.randint(10 ** (b_digits - 1), 10**b_digits - 1)
         prompt = f"{rev(a)}*{rev(b)}=?"
-        digest = hashlib.sha256(prompt.encode()).hexdigest()[:10]
         return Problem(
-            id=f"{self.name}-L{level}-{digest}",
+            id=problem_id(self.name, level, prompt),
             prompt=prompt,
             answer=rev(a * b),
             level=level,

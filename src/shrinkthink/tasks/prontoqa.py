@@ -23,12 +23,11 @@ question does not ask about.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 
 from shrinkthink.records import Problem
-from shrinkthink.tasks.base import Task
+from shrinkthink.tasks.base import Task, problem_id
 from shrinkthink.tasks.prosqa import PEOPLE, concept_names
 from shrinkthink.verify import normalise
 
@@ -91,9 +90,8 @@ class ProntoQATask(Task):
         # ProntoQA's chain of thought, each rule it uses written before its conclusion: a line a hop
         ends = [f"a {c}" for c in path[1:]] + [said(asked, holds)]
         steps = [f"{person} is a {path[0]}."] + [f"Every {c} is {end}. {person} is {end}." for c, end in zip(path, ends)]
-        digest = hashlib.sha256(prompt.encode()).hexdigest()[:10]
         return Problem(
-            id=f"{self.name}-L{level}-{digest}",
+            id=problem_id(self.name, level, prompt),
             prompt=prompt,
             answer=answer,
             level=level,

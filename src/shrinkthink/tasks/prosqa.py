@@ -20,13 +20,12 @@ shorten the gold path) nor any route to the other concept.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from collections import defaultdict
 
 from shrinkthink.records import Problem
-from shrinkthink.tasks.base import Task
+from shrinkthink.tasks.base import Task, problem_id
 from shrinkthink.verify import normalise
 
 PEOPLE = ("Tom", "Ann", "Max", "Sam", "Eva", "Bob", "Kim", "Leo", "Mia", "Zoe")
@@ -76,9 +75,8 @@ class ProsQATask(Task):
         steps = [f"{person} is a {path[0]}."] + [
             f"Every {u} is a {v}." for u, v in zip(path, path[1:])
         ]
-        digest = hashlib.sha256(prompt.encode()).hexdigest()[:10]
         return Problem(
-            id=f"{self.name}-L{level}-{digest}",
+            id=problem_id(self.name, level, prompt),
             prompt=prompt,
             answer=answer,
             level=level,
