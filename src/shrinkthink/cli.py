@@ -2,6 +2,8 @@
 
     shrinkthink run [CONFIG] [key=value ...]      # no CONFIG: the quickstart
     shrinkthink run --resume runs/<name>          # continue a run from its newest checkpoint
+    shrinkthink run --procs 2                     # data-parallel ranks on this machine
+    torchrun --nproc-per-node 8 -m shrinkthink run CONFIG   # the same ranks, started by torchrun
     shrinkthink eval CHECKPOINT --task arith --levels 1 2 3
     shrinkthink sample CHECKPOINT "12+7+30=?"
     shrinkthink tasks
@@ -36,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
     run.add_argument("--run-dir", help="where to write the run (default: runs/<name>-<time>)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--procs", type=_positive, default=1, metavar="N",
+                     help="data-parallel ranks to start on this machine (torch.distributed: gloo on CPU, "
+                          "NCCL on GPUs, a GPU a rank); under torchrun leave it out")
     run.add_argument("--debug", **SUB_DEBUG)
 
     evaluate = commands.add_parser("eval", help="held-out greedy accuracy of a checkpoint on a task")
@@ -60,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _run(args) -> None:
     from shrinkthink.config import load_config
 
@@ -76,11 +87,53 @@ def _run(args) -> None:
         if overrides and "=" not in overrides[0]:
             config_path = overrides.pop(0)
         config = load_config(config_path, overrides)
+    if args.procs > 1 and "WORLD_SIZE" not in os.environ:
+        _spawn_ranks(args)
+        return
+    from shrinkthink import distributed
     from shrinkthink.pipeline import format_table, run_pipeline
 
-    summary = run_pipeline(config, run_dir=args.resume or args.run_dir, resume=bool(args.resume),
-                           progress=not args.no_progress)
-    print(format_table(summary))
+    try:
+        summary = run_pipeline(config, run_dir=args.resume or args.run_dir, resume=bool(args.resume),
+                               progress=not args.no_progress)
+        if distributed.is_main():
+            print(format_table(summary))
+    finally:
+        distributed.teardown()
+
+
+def _spawn_ranks(args) -> None:
+    """`--procs N`: N ranks of this command on this machine, as torchrun would start them (the
+    config is already checked, so a bad field never reaches them). A rank that fails ends the
+    others; its exit status is this command's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:  # a free port for the ranks to meet on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        mp.start_processes(_rank, args=(args, port), nprocs=args.procs, start_method="spawn")
+    except mp.ProcessExitedException as error:
+        raise RankExit(error.exit_code or 1, f"rank {error.error_index} exited with status {error.exit_code}") from None
+    except mp.ProcessRaisedException as error:
+        # the first rank to fail, its traceback as text; its last line names the exception
+        last = str(error).strip().splitlines()[-1]
+        kind, _, message = last.partition(": ")
+        if kind.endswith("UserError"):
+            raise UserError(message) from None
+        if args.debug:
+            raise
+        raise RankExit(1, f"rank {error.error_index}: {last}") from None
+
+
+def _rank(index: int, args, port: int) -> None:
+    """One rank of `--procs`. Its exceptions go back to the command that started it, which
+    reports the first (a bad input as one line, whichever rank found it first)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(index), LOCAL_RANK=str(index),
+                      WORLD_SIZE=str(args.procs), LOCAL_WORLD_SIZE=str(args.procs))
+    _run(args)
 
 
 def _checkpoint(path: str):
@@ -132,23 +185,44 @@ def _tasks(args) -> None:
         print(f"{name:32s} {description}")
 
 
+class RankExit(Exception):
+    """A rank started by `--procs` failed: the command exits with `code`, saying `message`."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _first_rank() -> bool:
+    """Whether this process speaks for the run: ranks other than 0 would repeat its message."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    args = _parser().parse_args(argv)
+    return _handle(_parser().parse_args(argv))
+
+
+def _handle(args) -> int:
     handlers = {"run": _run, "eval": _eval, "sample": _sample, "tasks": _tasks}
     try:
         handlers[args.command](args)
     except UserError as error:
         if args.debug:
             raise
-        print(f"shrinkthink: error: {error}", file=sys.stderr)
+        if _first_rank():
+            print(f"shrinkthink: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RankExit as error:
+        print(f"shrinkthink: error: {error}", file=sys.stderr)
+        return error.code
     except BrokenPipeError:  # `shrinkthink tasks | head`
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("shrinkthink: interrupted; resume with `shrinkthink run --resume RUN_DIR`", file=sys.stderr)
+        if _first_rank():
+            print("shrinkthink: interrupted; resume with `shrinkthink run --resume RUN_DIR`", file=sys.stderr)
         return 130
     return 0
 

@@ -8,8 +8,10 @@ the newest checkpoint after a crash.
 
 from __future__ import annotations
 
+import json
 import random
 import time
+import zlib
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 
 import torch
 
+from shrinkthink import distributed
 from shrinkthink.config import RunConfig, dump_config
 from shrinkthink.errors import UserError
 from shrinkthink.policy import Policy, pick_device
@@ -84,19 +87,22 @@ def check_stages(config: RunConfig, task, device) -> None:
 def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = False,
                  progress: bool = True) -> dict[str, Any]:
     began = time.time()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    path = Path(run_dir or config.run_dir or default_run_dir(config))
+    if config.threads or distributed.launched():
+        torch.set_num_threads(config.threads or distributed.threads_per_rank())
+    device = pick_device(config.device)
+    distributed.setup(device)
+    # rank 0's: the default name has the time in it, which the ranks need not read alike
+    path = Path(distributed.agree(str(run_dir or config.run_dir or default_run_dir(config))))
     if not resume and ((path / "summary.json").exists() or (path / "checkpoints").exists()):
         raise UserError(f"run_dir: '{path}' already holds a run; pass --resume or choose another run_dir")
     # Check everything a user can get wrong before the run directory is touched.
-    device = pick_device(config.device)
     task = make_task(config.task.name, config.task.options)
     check_levels(config, task)
     check_stages(config, task, device)
     # the corpus is a generator: nothing is drawn unless a `bpe` tokenizer reads it
     fresh_policy = None if resume else Policy.from_config(config.model, device, seed=config.seed,
                                                           corpus=tokenizer_corpus(config, task))
+    distributed.barrier()  # every rank has checked the run directory before rank 0 writes to it
     run = RunDir(path)
 
     summary: dict[str, Any] = {"run_dir": str(path), "seconds": 0.0, "stages": []}
@@ -120,6 +126,9 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
         run.write_config(dump_config(config))
         run.truncate_metrics(lambda record: False)  # lines of a run that crashed before any checkpoint
         policy = fresh_policy
+    # ranks built their policies from the same seed and corpus; make sure of it
+    distributed.check_replicated("the tokenizer", zlib.crc32(json.dumps(sorted(policy.tokenizer.get_vocab().items())).encode()))
+    distributed.broadcast_parameters(policy.model)
     summary["model_parameters"] = sum(p.numel() for p in policy.model.parameters())
     # a resumed run's finished stages still count: their extras (warm start's completion length)
     # set how long later evaluations sample
@@ -154,27 +163,27 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
         summary["seconds"] = time.time() - began
         run.log({"stage": stage.name, "stage_index": index, "step": result.steps, "event": "stage_end",
                  **{k: v for k, v in entry.items() if k not in ("name", "kind")}})
-        write_samples(run.path / "samples" / f"{stage.name}.txt", evaluation.transcripts)
+        run.write_text(f"samples/{stage.name}.txt", format_samples(evaluation.transcripts))
         run.save_policy(stage.name, policy)
         # summary first: a crash between the two then reruns the stage's tail instead of
         # resuming past a stage the summary never recorded
         run.write_summary(summary)
         run.save_latest(policy, None, {"stage_index": index + 1, "stage_step": 0})
     run.close()
-    try:
-        from shrinkthink.report import plot_run
+    if run.writes:
+        try:
+            from shrinkthink.report import plot_run
 
-        summary["plots"] = [str(p) for p in plot_run(run.path)]
-    except Exception as error:  # a plot must never cost the run its results
-        summary["plots_error"] = f"{type(error).__name__}: {error}"
+            summary["plots"] = [str(p) for p in plot_run(run.path)]
+        except Exception as error:  # a plot must never cost the run its results
+            summary["plots_error"] = f"{type(error).__name__}: {error}"
     summary["seconds"] = time.time() - began
     run.write_summary(summary)
     return summary
 
 
-def write_samples(path: Path, transcripts, per_level: int = 3) -> None:
+def format_samples(transcripts, per_level: int = 3) -> str:
     """A few held-out transcripts per level, for a person to read."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     shown: dict[int, int] = {}
     blocks = []
     for problem, text, score in transcripts:
@@ -183,7 +192,7 @@ def write_samples(path: Path, transcripts, per_level: int = 3) -> None:
         shown[problem.level] = shown.get(problem.level, 0) + 1
         blocks.append(f"### level {problem.level}  score {score:.0f}  answer {problem.answer}\n"
                       f"{problem.prompt}\n---\n{text}\n")
-    path.write_text("\n".join(blocks))
+    return "\n".join(blocks)
 
 
 def format_table(summary: dict[str, Any]) -> str:

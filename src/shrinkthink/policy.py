@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
 
+from shrinkthink import distributed
 from shrinkthink.config import ModelConfig
 from shrinkthink.model import bpe_tokenizer, load_pretrained, tiny_policy
 from shrinkthink.rollout import Samples, sample
@@ -48,12 +50,20 @@ def with_lora(model, lora, seed: int = 0):
 
 
 def pick_device(name: str) -> torch.device:
+    """The device `name` names; on several ranks a CUDA device is this rank's own (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         from shrinkthink.errors import UserError
 
         raise UserError("device: 'cuda' requested but no CUDA device is available")
+    if name == "cuda" and distributed.launched():
+        if distributed.local_rank() >= torch.cuda.device_count():
+            from shrinkthink.errors import UserError
+
+            raise UserError(f"device: rank {distributed.local_rank()} of this machine has no CUDA device of its own "
+                            f"({torch.cuda.device_count()} here): start at most that many ranks a machine")
+        return torch.device("cuda", distributed.local_rank())
     return torch.device(name)
 
 
@@ -137,6 +147,9 @@ class Policy:
         # imported here: the learners package imports this module
         from shrinkthink.learners.batch import completion_logprobs, pack
 
+        if distributed.world() > 1:  # each rank its block of the rows
+            rows = distributed.block(len(prompts))
+            prompts, completions = prompts[rows.start : rows.stop], completions[rows.start : rows.stop]
         self.model.eval()
         out: list[list[float]] = []
         for start in range(0, len(prompts), batch_size):
@@ -144,7 +157,7 @@ class Policy:
             ids, attention, predictor, _ = pack(prompts[chunk], completions[chunk], self.pad_id, self.device)
             values = completion_logprobs(self.model, ids, attention, predictor).tolist()
             out += [row[: len(c)] for row, c in zip(values, completions[chunk])]
-        return out
+        return distributed.gather(out)
 
     # --- sampling -----------------------------------------------------------------------
     @property
@@ -157,7 +170,30 @@ class Policy:
                dtype: str = "model") -> Samples:
         """Completions of `prompts`; a latent policy first appends its `<bot> <thought>*n <eot>`
         block and runs the thoughts (n+1 passes), then decodes from the same KV cache. `dtype`
-        (`Sampling.dtype`): "model", or "bfloat16" for bfloat16 matmuls."""
+        (`Sampling.dtype`): "model", or "bfloat16" for bfloat16 matmuls. On several ranks, each
+        samples its block of the rows and every rank gets all of them back."""
+        if distributed.world() > 1:
+            rows = distributed.block(len(prompts))
+            mine = self._sample(prompts[rows.start : rows.stop], max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_p=top_p, greedy=greedy, batch_size=batch_size, dtype=dtype)
+            # each rank's prompts ride along: replicated control that diverged must not go on unseen
+            keys, parts = zip(*distributed.gather([(zlib.crc32(repr(prompts).encode()), mine)]))
+            if len(set(keys)) > 1:
+                raise RuntimeError("ranks asked to sample different prompts: their control has diverged")
+            return Samples(
+                completion_ids=[c for p in parts for c in p.completion_ids],
+                logprobs=[lp for p in parts for lp in p.logprobs],
+                finished=[f for p in parts for f in p.finished],
+                entropy_sum=sum(p.entropy_sum for p in parts),
+                tokens=sum(p.tokens for p in parts),
+            )
+        return self._sample(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            greedy=greedy, batch_size=batch_size, dtype=dtype)
+
+    def _sample(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
+                greedy: bool, batch_size: int, dtype: str) -> Samples:
+        if not prompts:
+            return Samples(completion_ids=[], logprobs=[], finished=[], entropy_sum=0.0, tokens=0)
         was_training = self.model.training
         self.model.eval()
         model, generic = self.model, False

@@ -7,6 +7,9 @@ complete.
     runs/<name>/config.yaml  metrics.jsonl  summary.json  plots/  samples/
                 checkpoints/latest/  (resumable: weights, optimizer, state.json)
                 checkpoints/<stage>/ (each finished stage's policy, loadable by `eval` and `sample`)
+
+On several ranks (distributed.py) only rank 0 writes; every rank reads. A folder is complete on
+disk for every rank once `_save_folder` returns (a barrier), so a later read finds it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from shrinkthink import distributed
 from shrinkthink.policy import Policy
 
 
@@ -34,15 +38,25 @@ def write_atomic(path: Path, text: str) -> None:
 class RunDir:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.writes = distributed.is_main()
+        if self.writes:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.checkpoints = self.path / "checkpoints"
         self.metrics_path = self.path / "metrics.jsonl"
         self._metrics = None
 
     def write_config(self, text: str) -> None:
-        write_atomic(self.path / "config.yaml", text)
+        self.write_text("config.yaml", text)
+
+    def write_text(self, name: str, text: str) -> None:
+        """A file of the run directory (`name` relative to it), replaced atomically."""
+        if self.writes:
+            (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path / name, text)
 
     def log(self, record: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         if self._metrics is None:
             self._metrics = open(self.metrics_path, "a")
         self._metrics.write(json.dumps(record) + "\n")
@@ -54,7 +68,7 @@ class RunDir:
             self._metrics = None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_atomic(self.path / "summary.json", json.dumps(summary, indent=2))
+        self.write_text("summary.json", json.dumps(summary, indent=2))
 
     def read_summary(self) -> dict[str, Any] | None:
         path = self.path / "summary.json"
@@ -83,10 +97,12 @@ class RunDir:
         """`write` fills a fresh temporary folder, which then replaces checkpoints/<name>: a crash
         part-way leaves the previous folder whole."""
         target = self.checkpoints / name
-        tmp = self.checkpoints / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
-        self._swap_in(tmp, target)
+        if self.writes:
+            tmp = self.checkpoints / f".{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            write(tmp)
+            self._swap_in(tmp, target)
+        distributed.barrier()
         return target
 
     def _swap_in(self, tmp: Path, target: Path) -> None:
@@ -108,7 +124,7 @@ class RunDir:
     def truncate_metrics(self, keep) -> None:
         """Drop metric lines written after the checkpoint a resumed run restarts from (a crashed
         run logged steps that will be run again); `keep(record)` says which lines stay."""
-        if not self.metrics_path.is_file():
+        if not self.writes or not self.metrics_path.is_file():
             return
         kept = []
         for line in self.metrics_path.read_text().splitlines():

@@ -212,15 +212,22 @@ def mean_embedding_norm(model) -> float:
     return float(model.get_input_embeddings().weight.detach().norm(dim=-1).mean())
 
 
-def coconut_loss(wrapper: ContinuousThoughts, ids, attention, loss_mask, thought_labels=None) -> torch.Tensor:
+def coconut_loss(wrapper: ContinuousThoughts, ids, attention, loss_mask, thought_labels=None,
+                 counts: tuple[int, int] | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over the target tokens of a batch from `pad_aligned`; with
     `thought_labels` [B, T] (a thought's target token in its column, -100 elsewhere: see
     `thought_targets`), plus the mean cross-entropy of the position before each thought, whose
-    last hidden state the thought is, against that target."""
+    last hidden state the thought is, against that target. `counts`: (target tokens, targeted
+    thoughts) of the whole batch when these rows are one rank's share of it; each mean then
+    divides by those, so the ranks' losses add up to the whole batch's."""
     logits = wrapper(ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
     targets, mask = ids[:, 1:], loss_mask[:, 1:]
     losses = nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    loss = (losses * mask).sum() / mask.sum().clamp(min=1)
+    loss = (losses * mask).sum() / (mask.sum().clamp(min=1) if counts is None else max(1, counts[0]))
     if thought_labels is not None and bool((thought_labels[:, 1:] >= 0).any()):
-        loss = loss + nn.functional.cross_entropy(logits.transpose(1, 2), thought_labels[:, 1:], ignore_index=-100)
+        if counts is None:
+            loss = loss + nn.functional.cross_entropy(logits.transpose(1, 2), thought_labels[:, 1:], ignore_index=-100)
+        else:
+            loss = loss + nn.functional.cross_entropy(logits.transpose(1, 2), thought_labels[:, 1:], ignore_index=-100,
+                                                      reduction="sum") / max(1, counts[1])
     return loss

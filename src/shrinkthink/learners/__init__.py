@@ -13,6 +13,7 @@ import copy
 
 import torch
 
+from shrinkthink import distributed
 from shrinkthink.config import LearnerConfig
 from shrinkthink.learners.batch import (
     completion_log_softmax,
@@ -51,8 +52,10 @@ def supervised_step(policy: Policy, optimizer, prompts: list[list[int]], targets
     tokens = max(1, sum(len(t) for t in targets))
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
+    mine = distributed.balanced(lengths)  # on several ranks, this rank's rows; else all of them
     with onednn_linears(policy.model):
-        for run in length_buckets(lengths, policy.device):
+        for run in length_buckets([lengths[i] for i in mine], policy.device):
+            run = [mine[j] for j in run]
             ids, attention, predictor, mask = pack([prompts[i] for i in run], [targets[i] for i in run],
                                                    policy.pad_id, policy.device)
             run_positions = None if positions is None else positions[run, : ids.shape[1]].to(policy.device)
@@ -61,6 +64,7 @@ def supervised_step(policy: Policy, optimizer, prompts: list[list[int]], targets
             loss = token_cross_entropy(logits.float(), target_ids, mask, tokens)
             loss.backward()
             total += loss.item()
+    (total,) = distributed.sync_gradients(policy.model.parameters(), [total])
     torch.nn.utils.clip_grad_norm_(policy.model.parameters(), max_grad_norm)
     optimizer.step()
     return total
@@ -123,12 +127,18 @@ class Learner:
                     self.optimizer.zero_grad(set_to_none=True)
                     tokens = sum(len(episodes[i].completion_ids) for i, _ in chunk)
                     lengths = [len(episodes[i].prompt_ids) + len(episodes[i].completion_ids) for i, _ in chunk]
-                    for run in length_buckets(lengths, self.policy.device):
-                        loss, run_stats = self._run_loss([chunk[j] for j in run], episodes, tokens)
+                    mine = distributed.balanced(lengths)  # on several ranks, this rank's rows
+                    # the same keys on every rank (a rank may have no rows), summed in one call
+                    shares = dict.fromkeys(self._statistics(), 0.0)
+                    for run in length_buckets([lengths[i] for i in mine], self.policy.device):
+                        loss, run_stats = self._run_loss([chunk[mine[j]] for j in run], episodes, tokens)
                         loss.backward()
-                        stats["loss"] += loss.item()
+                        shares["loss"] += loss.item()
                         for key, value in run_stats.items():
-                            stats[key] = stats.get(key, 0.0) + value
+                            shares[key] += value
+                    summed = distributed.sync_gradients(model.parameters(), list(shares.values()))
+                    for key, value in zip(shares, summed):
+                        stats[key] = stats.get(key, 0.0) + value
                     torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
                     self.optimizer.step()
                     self.schedule.step()
@@ -137,6 +147,11 @@ class Learner:
             if key in stats:
                 stats[key] /= updates
         return stats
+
+    def _statistics(self) -> tuple[str, ...]:
+        """The statistics a minibatch's loss reports (`clipped_policy_loss`), with the loss."""
+        return ("loss", "clip_fraction", *(("kl",) if self.reference is not None else ()),
+                *(("entropy",) if self.config.entropy_coef > 0 else ()))
 
     def _run_loss(self, run: list[tuple[int, float]], episodes: list[Episode],
                   tokens: int) -> tuple[torch.Tensor, dict[str, float]]:

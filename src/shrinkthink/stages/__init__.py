@@ -101,7 +101,7 @@ class StageContext:
             load_weights(learner.reference, folder)
 
     def bar(self, total: int, initial: int) -> tqdm:
-        return tqdm(total=total, initial=initial, desc=self.stage_name, disable=not self.progress,
+        return tqdm(total=total, initial=initial, desc=self.stage_name, disable=not (self.progress and self.run.writes),
                     dynamic_ncols=True, leave=True)
 
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import random
 import time
-import zlib
 
-import torch
-
+from shrinkthink import distributed
 from shrinkthink.config import ExploreStage
 from shrinkthink.criteria import Batch, apply_criteria, build_criteria
 from shrinkthink.learners import Learner
@@ -107,9 +105,7 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
     for step in range(start, stage.steps):
         began = time.time()
         rng = random.Random(f"{seed}:{ctx.stage_name}:{step}")
-        # str hashes change with each process (PYTHONHASHSEED): crc32 keeps a run reproducible
-        # and a resumed step identical to the one that crashed
-        torch.manual_seed(zlib.crc32(f"{seed}:{ctx.stage_name}:{step}".encode()))
+        distributed.step_seed(f"{seed}:{ctx.stage_name}:{step}")
         problems = draw_problems(pools, level, stage.learner.problems_per_step, stage.replay, rng, stage.lookahead)
         episodes, info = rollout(ctx, stage, problems)
         groups = [list(range(i * size, (i + 1) * size)) for i in range(len(problems))]

@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from shrinkthink import distributed
 from shrinkthink.config import LatentStage
 from shrinkthink.latent import coconut, icot
 from shrinkthink.learners import make_optimizer, supervised_step
@@ -64,16 +65,15 @@ def load_pool(ctx: StageContext, stage: LatentStage) -> tuple[list[Problem], lis
     """(problems, their steps, share taken from the policy), built once per run."""
     problems = [p for level in stage.levels
                 for p in ctx.task.problems(level, stage.pool_problems, "train", seed=ctx.config.seed)]
-    path = ctx.run.path / "latent" / f"{stage.name}.jsonl"
-    if path.is_file():
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
+    name = f"latent/{stage.name}.jsonl"
+    if distributed.agree((ctx.run.path / name).is_file()):
+        rows = [json.loads(line) for line in (ctx.run.path / name).read_text().splitlines()]
         steps = [row["steps"] for row in rows]
         source = [row["source"] for row in rows]
     else:
         steps, source = reasoning_pool(ctx, stage, problems)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps({"id": p.id, "source": src, "steps": s}) + "\n"
-                                for p, src, s in zip(problems, source, steps)))
+        ctx.run.write_text(name, "".join(json.dumps({"id": p.id, "source": src, "steps": s}) + "\n"
+                                         for p, src, s in zip(problems, source, steps)))
     return problems, steps, source.count("policy") / max(1, len(source))
 
 
@@ -177,21 +177,35 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
                 if stage.thought_targets:
                     contents.append(coconut.thought_targets(step_text_ids[i], at, stage.thoughts_per_step,
                                                             stage.max_latent_stage))
-            batch_ids, attention, loss_mask = coconut.pad_aligned(rows, masks, anchors, policy.pad_id)
-            thought_labels = (coconut.thought_label_columns(contents, anchors, batch_ids.shape[1])
-                              if stage.thought_targets else None)
-            device = policy.device
-            # not inside onednn_linears: a thought pass is one token a row, where oneDNN's call
-            # costs more than MKL's; the lean passes (latent/passes.py) choose per pass
-            loss = coconut.coconut_loss(wrapper, batch_ids.to(device), attention.to(device), loss_mask.to(device),
-                                        None if thought_labels is None else thought_labels.to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = 0.0
+            # on several ranks, this rank's rows, each loss divided by the whole batch's counts
+            mine = distributed.balanced([len(r) for r in rows])
+            counts = None
+            if distributed.world() > 1:
+                counts = (sum(map(sum, masks)), sum(t >= 0 for c in contents for t in c))
+            if mine:
+                def pick(values: list) -> list:
+                    return [values[j] for j in mine] if values else values
+
+                batch_ids, attention, loss_mask = coconut.pad_aligned(pick(rows), pick(masks), pick(anchors),
+                                                                      policy.pad_id)
+                thought_labels = (coconut.thought_label_columns(pick(contents), pick(anchors), batch_ids.shape[1])
+                                  if stage.thought_targets else None)
+                device = policy.device
+                # not inside onednn_linears: a thought pass is one token a row, where oneDNN's call
+                # costs more than MKL's; the lean passes (latent/passes.py) choose per pass
+                share = coconut.coconut_loss(wrapper, batch_ids.to(device), attention.to(device),
+                                             loss_mask.to(device),
+                                             None if thought_labels is None else thought_labels.to(device), counts)
+                share.backward()
+                loss = share.item()
+            (loss,) = distributed.sync_gradients(policy.model.parameters(), [loss])
             torch.nn.utils.clip_grad_norm_(policy.model.parameters(), stage.max_grad_norm)
             optimizer.step()
-            loss, tokens_seen = loss.item(), int(attention.sum())
+            tokens_seen = sum(len(r) for r in rows)
             record |= {"curriculum_stage": phase, "thoughts": sum(thoughts) / len(thoughts),
-                       "target_tokens": int(loss_mask.sum()) / len(batch)}
+                       "target_tokens": sum(map(sum, masks)) / len(batch)}
         else:
             removed, targets = [], []
             for i in batch:

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import random
 import time
-import zlib
 
-import torch
-
+from shrinkthink import distributed
 from shrinkthink.config import ShrinkStage
 from shrinkthink.criteria import (
     Batch,
@@ -121,7 +119,7 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
     for step in range(start, stage.steps):
         began = time.time()
         rng = random.Random(f"{seed}:{ctx.stage_name}:{step}")
-        torch.manual_seed(zlib.crc32(f"{seed}:{ctx.stage_name}:{step}".encode()))
+        distributed.step_seed(f"{seed}:{ctx.stage_name}:{step}")
         problems = draw(pools, levels, level, stage, rng)
         episodes, info = rollout(ctx, stage, problems)
         groups = [list(range(i * size, (i + 1) * size)) for i in range(len(problems))]

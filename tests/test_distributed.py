@@ -1,0 +1,118 @@
+"""Data-parallel ranks (distributed.py): each rank's share of the rows, and through the CLI, two
+gloo ranks on this CPU (`--procs 2`) train the warm start to the 1-rank run's losses (their
+gradients sum to the whole batch's), evaluate the same, write one run directory, resume a run a
+single process began, and report a bad input found inside a rank as one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shrinkthink import distributed
+from shrinkthink.config import load_config
+from shrinkthink.pipeline import run_pipeline
+from test_pipeline import CONFIG, cli, crash_in, metric_lines, step_keys
+
+
+def as_rank(monkeypatch, me: int, size: int) -> None:
+    monkeypatch.setattr(distributed, "world", lambda: size)
+    monkeypatch.setattr(distributed, "rank", lambda: me)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_blocks_and_balanced_shares_cover_every_row_once(monkeypatch, size: int) -> None:
+    lengths = [5, 90, 7, 60, 61, 3, 40, 41, 8]
+    blocks, shares = [], []
+    for me in range(size):
+        as_rank(monkeypatch, me, size)
+        blocks.append(list(distributed.block(len(lengths))))
+        shares.append(distributed.balanced(lengths))
+    assert [i for b in blocks for i in b] == list(range(len(lengths)))  # contiguous, in rank order
+    assert sorted(i for s in shares for i in s) == list(range(len(lengths)))
+    tokens = [sum(lengths[i] for i in s) for s in shares]
+    assert max(tokens) - min(tokens) <= max(lengths)  # dealt by length, not cut in runs
+    as_rank(monkeypatch, 0, 1)
+    assert distributed.balanced(lengths) == list(range(len(lengths)))
+
+
+def test_one_rank_changes_nothing() -> None:
+    grads = torch.nn.Linear(3, 2)
+    grads(torch.ones(1, 3)).sum().backward()
+    before = grads.weight.grad.clone()
+    assert distributed.sync_gradients(grads.parameters(), [1.5]) == [1.5]
+    assert torch.equal(grads.weight.grad, before)
+    assert distributed.gather([1, 2]) == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    """The e2e config run on one rank and on two."""
+    folder = tmp_path_factory.mktemp("ranks")
+    (folder / "e2e.yaml").write_text(CONFIG)
+    for procs in ("1", "2"):
+        result = cli("run", "e2e.yaml", "--run-dir", f"run{procs}", "--no-progress", "--procs", procs, cwd=folder)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("run dir:") == 1  # rank 0 alone prints the table
+    return folder / "run1", folder / "run2"
+
+
+def test_two_ranks_train_the_warm_start_as_one_does(runs: tuple[Path, Path]) -> None:
+    one, two = runs
+    losses = [[r["loss"] for r in metric_lines(d) if r["stage"] == "warm" and "loss" in r] for d in (one, two)]
+    assert len(losses[0]) == len(losses[1]) == 30
+    # the same batches, half on each rank: the summed gradients are the whole batch's
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    weights = [load_file(d / "checkpoints" / "warm" / "model.safetensors") for d in (one, two)]
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-4) for k in weights[0])
+    # and the evaluation of (nearly) the same weights, its rows split and gathered, is the same
+    stages = [json.loads((d / "summary.json").read_text())["stages"][0] for d in (one, two)]
+    assert (stages[1]["accuracy_by_level"], stages[1]["mean_reasoning_tokens"]) == \
+        (stages[0]["accuracy_by_level"], stages[0]["mean_reasoning_tokens"])
+
+
+def test_two_ranks_write_one_run_directory(runs: tuple[Path, Path]) -> None:
+    one, two = runs
+    assert step_keys(two) == step_keys(one)  # a line a step, not a line a rank
+    summary = json.loads((two / "summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["warm", "climb"]
+    assert (two / "checkpoints" / "climb" / "model.safetensors").is_file()
+    assert (two / "samples" / "climb.txt").read_text()
+    assert not list(two.glob("checkpoints/.*.tmp"))
+    # the explore stage samples differently on two ranks, but it trained
+    before = load_file(two / "checkpoints" / "warm" / "model.safetensors")
+    after = load_file(two / "checkpoints" / "climb" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_two_ranks_resume_a_run_one_process_began(tmp_path: Path, monkeypatch) -> None:
+    config_path = tmp_path / "e2e.yaml"
+    config_path.write_text(CONFIG)
+    run_dir = tmp_path / "crashed"
+    crash_in("climb", 3, monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(load_config(config_path), run_dir=str(run_dir), progress=False)
+    monkeypatch.undo()
+    result = cli("run", "--resume", str(run_dir), "--no-progress", "--procs", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    keys = step_keys(run_dir)
+    assert len(keys) == len(set(keys)) == 35  # 30 warm-start steps and 5 explore steps, none twice
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [(s["name"], s["steps"]) for s in summary["stages"]] == [("warm", 30), ("climb", 5)]
+
+
+def test_a_bad_input_found_inside_a_rank_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "e2e.yaml").write_text(CONFIG.replace("max_level: 2", "max_level: 99"))
+    result = cli("run", "e2e.yaml", "--run-dir", "run", "--no-progress", "--procs", "2", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "stages.1.max_level" in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_procs_must_be_a_positive_count(tmp_path: Path) -> None:
+    result = cli("run", "--procs", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "--procs" in result.stderr
