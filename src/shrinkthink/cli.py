@@ -106,9 +106,13 @@ def _spawn_ranks(args) -> None:
     """`--procs N`: N ranks of this command on this machine, as torchrun would start them (the
     config is already checked, so a bad field never reaches them). A rank that fails ends the
     others; its exit status is this command's."""
+    import logging
     import socket
 
     import torch.multiprocessing as mp
+
+    # its "Terminating process ..." when one rank fails would be a second line beside the error
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
 
     with socket.socket() as probe:  # a free port for the ranks to meet on
         probe.bind(("127.0.0.1", 0))
