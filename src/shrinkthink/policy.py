@@ -180,13 +180,7 @@ class Policy:
             keys, parts = zip(*distributed.gather([(zlib.crc32(repr(prompts).encode()), mine)]))
             if len(set(keys)) > 1:
                 raise RuntimeError("ranks asked to sample different prompts: their control has diverged")
-            return Samples(
-                completion_ids=[c for p in parts for c in p.completion_ids],
-                logprobs=[lp for p in parts for lp in p.logprobs],
-                finished=[f for p in parts for f in p.finished],
-                entropy_sum=sum(p.entropy_sum for p in parts),
-                tokens=sum(p.tokens for p in parts),
-            )
+            return Samples.concat(parts)
         return self._sample(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             greedy=greedy, batch_size=batch_size, dtype=dtype)
 
@@ -211,13 +205,7 @@ class Policy:
             for i in range(0, len(prompts), batch_size)
         ]
         self.model.train(was_training)
-        return Samples(
-            completion_ids=[c for p in parts for c in p.completion_ids],
-            logprobs=[lp for p in parts for lp in p.logprobs],
-            finished=[f for p in parts for f in p.finished],
-            entropy_sum=sum(p.entropy_sum for p in parts),
-            tokens=sum(p.tokens for p in parts),
-        )
+        return Samples.concat(parts)
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)

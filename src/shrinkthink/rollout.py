@@ -29,6 +29,17 @@ class Samples:
     entropy_sum: float
     tokens: int
 
+    @classmethod
+    def concat(cls, parts) -> "Samples":
+        """The rows of `parts`, in order, as one `Samples`."""
+        return cls(
+            completion_ids=[c for p in parts for c in p.completion_ids],
+            logprobs=[lp for p in parts for lp in p.logprobs],
+            finished=[f for p in parts for f in p.finished],
+            entropy_sum=sum(p.entropy_sum for p in parts),
+            tokens=sum(p.tokens for p in parts),
+        )
+
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of tokens whose probability reaches `top_p` (nucleus sampling,
