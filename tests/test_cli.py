@@ -59,6 +59,13 @@ def test_wrong_type(config: Path, tmp_path: Path) -> None:
     assert f"{config}: seed: " in line and "integer" in line
 
 
+def test_overrides_after_options_are_overrides(config: Path, tmp_path: Path) -> None:
+    line = user_error(cli("run", "--no-progress", str(config), "--run-dir", "out", "seed=abc", cwd=tmp_path))
+    assert f"{config}: seed: " in line and "integer" in line
+    result = cli("run", str(config), "--run-dir", "out", "--bogus", cwd=tmp_path)
+    assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr
+
+
 def test_missing_model_path(config: Path, tmp_path: Path) -> None:
     line = user_error(cli("run", str(config), "model.kind=pretrained", "model.path=/nope", "--run-dir", "out",
                           cwd=tmp_path))

@@ -1,7 +1,8 @@
 """Data-parallel ranks (distributed.py): each rank's share of the rows, and through the CLI, two
-gloo ranks on this CPU (`--procs 2`) train the warm start to the 1-rank run's losses (their
-gradients sum to the whole batch's), evaluate the same, write one run directory, resume a run a
-single process began, and report a bad input found inside a rank as one line."""
+gloo ranks on this CPU (`--procs 2`, or the config's `procs: 2`) train the warm start to the
+1-rank run's losses (their gradients sum to the whole batch's), evaluate the same, write one run
+directory, resume a run a single process began, and report a bad input found inside a rank as one
+line."""
 
 from __future__ import annotations
 
@@ -50,11 +51,11 @@ def test_one_rank_changes_nothing() -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, Path]:
-    """The e2e config run on one rank and on two."""
+    """The e2e config run on one rank and on two (these asked for by the config's `procs`)."""
     folder = tmp_path_factory.mktemp("ranks")
     (folder / "e2e.yaml").write_text(CONFIG)
-    for procs in ("1", "2"):
-        result = cli("run", "e2e.yaml", "--run-dir", f"run{procs}", "--no-progress", "--procs", procs, cwd=folder)
+    for procs, ask in (("1", ["--procs", "1"]), ("2", ["procs=2"])):
+        result = cli("run", "e2e.yaml", "--run-dir", f"run{procs}", "--no-progress", *ask, cwd=folder)
         assert result.returncode == 0, result.stderr
         assert result.stdout.count("run dir:") == 1  # rank 0 alone prints the table
     return folder / "run1", folder / "run2"
@@ -76,6 +77,8 @@ def test_two_ranks_train_the_warm_start_as_one_does(runs: tuple[Path, Path]) -> 
 
 def test_two_ranks_write_one_run_directory(runs: tuple[Path, Path]) -> None:
     one, two = runs
+    # the resolved config records the ranks the run had: `--resume` starts as many again
+    assert [load_config(d / "config.yaml").procs for d in (one, two)] == [1, 2]
     assert step_keys(two) == step_keys(one)  # a line a step, not a line a rank
     summary = json.loads((two / "summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == ["warm", "climb"]
@@ -116,3 +119,5 @@ def test_a_bad_input_found_inside_a_rank_is_one_line(tmp_path: Path) -> None:
 def test_procs_must_be_a_positive_count(tmp_path: Path) -> None:
     result = cli("run", "--procs", "0", cwd=tmp_path)
     assert result.returncode == 2 and "--procs" in result.stderr
+    result = cli("run", "procs=0", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().endswith("procs: Input should be greater than or equal to 1")

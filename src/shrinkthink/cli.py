@@ -38,9 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
     run.add_argument("--run-dir", help="where to write the run (default: runs/<name>-<time>)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    run.add_argument("--procs", type=_positive, default=1, metavar="N",
+    run.add_argument("--procs", type=_positive, metavar="N",
                      help="data-parallel ranks to start on this machine (torch.distributed: gloo on CPU, "
-                          "NCCL on GPUs, a GPU a rank); under torchrun leave it out")
+                          "NCCL on GPUs, a GPU a rank; default: the config's `procs`); under torchrun leave it out")
     run.add_argument("--debug", **SUB_DEBUG)
 
     evaluate = commands.add_parser("eval", help="held-out greedy accuracy of a checkpoint on a task")
@@ -87,8 +87,9 @@ def _run(args) -> None:
         if overrides and "=" not in overrides[0]:
             config_path = overrides.pop(0)
         config = load_config(config_path, overrides)
-    if args.procs > 1 and "WORLD_SIZE" not in os.environ:
-        _spawn_ranks(args)
+    procs = args.procs or config.procs
+    if procs > 1 and "WORLD_SIZE" not in os.environ:
+        _spawn_ranks(args, procs)
         return
     from shrinkthink import distributed
     from shrinkthink.pipeline import format_table, run_pipeline
@@ -102,10 +103,10 @@ def _run(args) -> None:
         distributed.teardown()
 
 
-def _spawn_ranks(args) -> None:
-    """`--procs N`: N ranks of this command on this machine, as torchrun would start them (the
-    config is already checked, so a bad field never reaches them). A rank that fails ends the
-    others; its exit status is this command's."""
+def _spawn_ranks(args, procs: int) -> None:
+    """`--procs N` (or the config's `procs: N`): N ranks of this command on this machine, as
+    torchrun would start them (the config is already checked, so a bad field never reaches them).
+    A rank that fails ends the others; its exit status is this command's."""
     import logging
     import socket
 
@@ -118,7 +119,7 @@ def _spawn_ranks(args) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     try:
-        mp.start_processes(_rank, args=(args, port), nprocs=args.procs, start_method="spawn")
+        mp.start_processes(_rank, args=(args, procs, port), nprocs=procs, start_method="spawn")
     except mp.ProcessExitedException as error:
         raise RankExit(error.exit_code or 1, f"rank {error.error_index} exited with status {error.exit_code}") from None
     except mp.ProcessRaisedException as error:
@@ -132,11 +133,11 @@ def _spawn_ranks(args) -> None:
         raise RankExit(1, f"rank {error.error_index}: {last}") from None
 
 
-def _rank(index: int, args, port: int) -> None:
+def _rank(index: int, args, procs: int, port: int) -> None:
     """One rank of `--procs`. Its exceptions go back to the command that started it, which
     reports the first (a bad input as one line, whichever rank found it first)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(index), LOCAL_RANK=str(index),
-                      WORLD_SIZE=str(args.procs), LOCAL_WORLD_SIZE=str(args.procs))
+                      WORLD_SIZE=str(procs), LOCAL_WORLD_SIZE=str(procs))
     _run(args)
 
 
@@ -205,7 +206,16 @@ def _first_rank() -> bool:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    return _handle(_parser().parse_args(argv))
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling `run`'s positionals at the first option: overrides after
+    # `--run-dir X` (`shrinkthink run cfg.yaml --run-dir out seed=1`) are still overrides
+    if args.command == "run":
+        args.args += [a for a in extra if not a.startswith("-")]
+        extra = [a for a in extra if a.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return _handle(args)
 
 
 def _handle(args) -> int:

@@ -305,7 +305,11 @@ class RunConfig(Strict):
     seed: int = 0
     run_dir: str | None = Field(None, description="where outputs go (default runs/<name>)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores)")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores, shared out "
+                                                          "between the ranks)")
+    procs: int = Field(1, ge=1, description="data-parallel ranks `shrinkthink run` starts on this machine (`--procs` "
+                                            "overrides; under torchrun, the launcher's count). Ranks sample with "
+                                            "their own seeds, so the count is part of the run")
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     stages: list[Stage] = Field(..., min_length=1)

@@ -123,7 +123,8 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
     else:
         if resume:
             raise UserError(f"--resume: no checkpoint in '{path}'")
-        run.write_config(dump_config(config))
+        # the ranks this run has, whoever started them: `--resume` starts as many again
+        run.write_config(dump_config(config.model_copy(update={"procs": distributed.world()})))
         run.truncate_metrics(lambda record: False)  # lines of a run that crashed before any checkpoint
         policy = fresh_policy
     # ranks built their policies from the same seed and corpus; make sure of it
