@@ -65,8 +65,8 @@ def test_every_step_logs_each_reward_component_and_controller(finished_run: Path
     assert [r["step"] for r in steps] == list(range(1, 7))
     for r in steps:
         assert {"reward", "reward_correct", "reward_length_penalty", "reward_token_budget", "reward_step_validity",
-                "length_penalty_value", "token_budget_value", "mean_reasoning_tokens"} <= set(r), r
-        assert r["reward_length_penalty"] <= 0 and 0 <= r["reward_token_budget"] <= 1
+                "length_penalty_value", "token_budget_value", "mean_reasoning_tokens", "seconds"} <= set(r), r
+        assert r["seconds"] > 0 and r["reward_length_penalty"] <= 0 and 0 <= r["reward_token_budget"] <= 1
     evaluated = [r for r in steps if "accuracy" in r]
     assert [r["step"] for r in evaluated] == [3, 6]
     for r in evaluated:

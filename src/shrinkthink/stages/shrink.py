@@ -133,6 +133,7 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
         done = step + 1
         if editors and done % stage.finetune_every == 0:
             record |= edit_and_finetune(ctx, stage, editors, finetune, winners(episodes, groups, criteria))
+        record["seconds"] = time.time() - began  # the step's own work, its evaluation not counted
         if done % stage.eval_every == 0 or done == stage.steps:
             evaluation = ctx.evaluate(levels, stage.eval_problems, max_new)
             accuracy = evaluation.accuracy
