@@ -2,11 +2,12 @@
 gloo ranks on this CPU (`--procs 2`, or the config's `procs: 2`) train the warm start to the
 1-rank run's losses (their gradients sum to the whole batch's), evaluate the same, write one run
 directory, resume a run a single process began, and report a bad input found inside a rank as one
-line."""
+line; ranks that cannot meet (a port taken) say so in one line too, with `--procs 1` as the way out."""
 
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 
 from shrinkthink import distributed
 from shrinkthink.config import load_config
+from shrinkthink.errors import SetupError
 from shrinkthink.pipeline import run_pipeline
 from test_pipeline import CONFIG, cli, crash_in, metric_lines, step_keys
 
@@ -121,3 +123,27 @@ def test_procs_must_be_a_positive_count(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--procs" in result.stderr
     result = cli("run", "procs=0", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().endswith("procs: Input should be greater than or equal to 1")
+
+
+@pytest.fixture
+def taken_port():
+    with socket.socket() as taken:  # listening: a process group cannot open its store here
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+def test_ranks_that_cannot_meet_say_so_in_one_line(monkeypatch, tmp_path: Path, taken_port: int) -> None:
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(taken_port))
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SetupError, match=r"2 ranks could not meet \(gloo at 127\.0\.0\.1:\d+\).*--procs 1"):
+        distributed.setup(torch.device("cpu"))
+    # through the command, as torchrun would start rank 0: one line, status 1, nothing written
+    (tmp_path / "e2e.yaml").write_text(CONFIG)
+    result = cli("run", "e2e.yaml", "--run-dir", "run", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("shrinkthink: error: rank 0: 2 ranks could not meet"), lines
+    assert not (tmp_path / "run").exists()

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from shrinkthink.errors import UserError
+from shrinkthink.errors import SetupError, UserError
 
 EXIT_USER_ERROR = 2
 # `--debug` is accepted after the command too; SUPPRESS keeps a command's unset default from
@@ -128,6 +128,8 @@ def _spawn_ranks(args, procs: int) -> None:
         kind, _, message = last.partition(": ")
         if kind.endswith("UserError"):
             raise UserError(message) from None
+        if kind.endswith("SetupError") and not args.debug:
+            raise RankExit(1, f"rank {error.error_index}: {message}") from None
         if args.debug:
             raise
         raise RankExit(1, f"rank {error.error_index}: {last}") from None
@@ -231,6 +233,11 @@ def _handle(args) -> int:
     except RankExit as error:
         print(f"shrinkthink: error: {error}", file=sys.stderr)
         return error.code
+    except SetupError as error:  # under torchrun: each rank says it, with its rank
+        if args.debug:
+            raise
+        print(f"shrinkthink: error: rank {os.environ.get('RANK', '0')}: {error}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `shrinkthink tasks | head`
         sys.stderr.close()
         return 0

@@ -32,6 +32,8 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from shrinkthink.errors import SetupError
+
 
 def world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
@@ -61,7 +63,14 @@ def setup(device: torch.device) -> None:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        dist.init_process_group(backend)
+    except dist.DistError as error:  # a port taken, no loopback, a rank that never came
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SetupError(f"{os.environ.get('WORLD_SIZE')} ranks could not meet ({backend} at {where}): {reason}; "
+                         "`--procs 1` (or `procs: 1`) runs in one process") from error
 
 
 def threads_per_rank() -> int:

@@ -6,3 +6,10 @@ class UserError(Exception):
 
     The message names the field or `file:line` and says what is wrong, in one line.
     """
+
+
+class SetupError(Exception):
+    """This machine, not the input, stops the run from starting (ranks that cannot meet).
+
+    The CLI prints it as one line, with what to do instead, and exits with status 1.
+    """
