@@ -7,7 +7,10 @@ line; ranks that cannot meet (a port taken) say so in one line too, with `--proc
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,4 +149,35 @@ def test_ranks_that_cannot_meet_say_so_in_one_line(monkeypatch, tmp_path: Path, 
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("shrinkthink: error: rank 0: 2 ranks could not meet"), lines
+    assert not (tmp_path / "run").exists()
+
+
+SPAWN_ON_A_TAKEN_PORT = """
+import os, socket, sys
+from shrinkthink import cli
+
+if __name__ == "__main__":
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+
+    class Probe(socket.socket):  # the free port `--procs` looks for is the taken one
+        def getsockname(self):
+            return ("127.0.0.1", port)
+
+    socket.socket = Probe
+    sys.exit(cli.main(["run", "e2e.yaml", "--run-dir", "run", "--no-progress", "--procs", "2"]))
+"""
+
+
+def test_ranks_started_by_procs_that_cannot_meet_say_so_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "e2e.yaml").write_text(CONFIG)
+    (tmp_path / "spawn.py").write_text(SPAWN_ON_A_TAKEN_PORT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "spawn.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ranks could not meet (gloo at 127.0.0.1:" in lines[0] and "--procs 1" in lines[0], lines
     assert not (tmp_path / "run").exists()
