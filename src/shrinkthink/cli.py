@@ -9,7 +9,7 @@
     shrinkthink tasks
 
 Bad input (a config field, a task name, a data file line, a model path) is one line on stderr and
-exit status 2; `--debug` shows the traceback.
+exit status 2; ranks that cannot meet are one line with exit status 1; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
@@ -128,10 +128,10 @@ def _spawn_ranks(args, procs: int) -> None:
         kind, _, message = last.partition(": ")
         if kind.endswith("UserError"):
             raise UserError(message) from None
-        if kind.endswith("SetupError") and not args.debug:
-            raise RankExit(1, f"rank {error.error_index}: {message}") from None
         if args.debug:
             raise
+        if kind.endswith("SetupError"):
+            raise RankExit(1, f"rank {error.error_index}: {message}") from None
         raise RankExit(1, f"rank {error.error_index}: {last}") from None
 
 

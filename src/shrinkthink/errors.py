@@ -1,4 +1,5 @@
-"""Errors a user can cause. The CLI prints them as one line and exits with status 2."""
+"""Errors the CLI prints as one line, with no traceback unless `--debug`: bad input (exit status 2)
+and a machine that cannot start the run (exit status 1)."""
 
 
 class UserError(Exception):
