@@ -153,7 +153,7 @@ def test_ranks_that_cannot_meet_say_so_in_one_line(monkeypatch, tmp_path: Path, 
 
 
 SPAWN_ON_A_TAKEN_PORT = """
-import os, socket, sys
+import socket, sys
 from shrinkthink import cli
 
 if __name__ == "__main__":
