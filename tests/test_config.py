@@ -147,6 +147,7 @@ def test_the_icot_quickstart_is_the_quickstart_up_to_its_last_stage() -> None:
     quickstart = load_config(None)
     icot = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "quickstart-icot.yaml"))
     assert icot.stages[:-1] == quickstart.stages[:-1]
-    assert (icot.model, icot.task, icot.seed) == (quickstart.model, quickstart.task, quickstart.seed)
+    assert (icot.model, icot.task, icot.seed, icot.device) == (quickstart.model, quickstart.task, quickstart.seed,
+                                                               quickstart.device)
     assert icot.stages[-1].method == "icot" and quickstart.stages[-1].method == "coconut"
     assert quickstart.stages[-1].thought_targets and quickstart.stages[-1].final_decay

@@ -19,8 +19,9 @@ from safetensors.torch import load_file
 
 from shrinkthink import distributed
 from shrinkthink.config import load_config
-from shrinkthink.errors import SetupError
+from shrinkthink.errors import SetupError, UserError
 from shrinkthink.pipeline import run_pipeline
+from shrinkthink.policy import pick_device
 from test_pipeline import CONFIG, cli, crash_in, metric_lines, step_keys
 
 
@@ -181,3 +182,16 @@ def test_ranks_started_by_procs_that_cannot_meet_say_so_in_one_line(tmp_path: Pa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "ranks could not meet (gloo at 127.0.0.1:" in lines[0] and "--procs 1" in lines[0], lines
     assert not (tmp_path / "run").exists()
+
+
+def test_the_quickstarts_ranks_start_on_a_machine_with_one_gpu(monkeypatch) -> None:
+    """`shrinkthink run` on a one-GPU machine: the quickstart's 2 ranks are the CPU job there too,
+    where a config that asks for CUDA with more ranks than GPUs is one line naming `device`."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for key, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    quickstart = load_config(None)
+    assert quickstart.procs == 2 and pick_device(quickstart.device) == torch.device("cpu")
+    with pytest.raises(UserError, match=r"^device: rank 1 of this machine has no CUDA device of its own \(1 here\)"):
+        pick_device("auto")
