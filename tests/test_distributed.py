@@ -25,6 +25,12 @@ from shrinkthink.policy import pick_device
 from test_pipeline import CONFIG, cli, crash_in, metric_lines, step_keys
 
 
+def launched_as(monkeypatch, me: int, size: int) -> None:
+    """The environment torchrun gives rank `me` of `size` on one machine."""
+    for key, value in {"RANK": me, "LOCAL_RANK": me, "WORLD_SIZE": size, "LOCAL_WORLD_SIZE": size}.items():
+        monkeypatch.setenv(key, str(value))
+
+
 def as_rank(monkeypatch, me: int, size: int) -> None:
     monkeypatch.setattr(distributed, "world", lambda: size)
     monkeypatch.setattr(distributed, "rank", lambda: me)
@@ -140,8 +146,7 @@ def taken_port():
 def test_ranks_that_cannot_meet_say_so_in_one_line(monkeypatch, tmp_path: Path, taken_port: int) -> None:
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(taken_port))
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
-        monkeypatch.setenv(key, value)
+    launched_as(monkeypatch, 0, 2)
     with pytest.raises(SetupError, match=r"2 ranks could not meet \(gloo at 127\.0\.0\.1:\d+\).*--procs 1"):
         distributed.setup(torch.device("cpu"))
     # through the command, as torchrun would start rank 0: one line, status 1, nothing written
@@ -189,8 +194,7 @@ def test_the_quickstarts_ranks_start_on_a_machine_with_one_gpu(monkeypatch) -> N
     where a config that asks for CUDA with more ranks than GPUs is one line naming `device`."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    for key, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
-        monkeypatch.setenv(key, value)
+    launched_as(monkeypatch, 1, 2)
     quickstart = load_config(None)
     assert quickstart.procs == 2 and pick_device(quickstart.device) == torch.device("cpu")
     with pytest.raises(UserError, match=r"^device: rank 1 of this machine has no CUDA device of its own \(1 here\)"):

@@ -130,8 +130,8 @@ def _spawn_ranks(args, procs: int) -> None:
             raise UserError(message) from None
         if args.debug:
             raise
-        if kind.endswith("SetupError"):
-            raise RankExit(1, f"rank {error.error_index}: {message}") from None
+        if kind.endswith("SetupError"):  # its message names the rank
+            raise RankExit(1, message) from None
         raise RankExit(1, f"rank {error.error_index}: {last}") from None
 
 
@@ -233,10 +233,10 @@ def _handle(args) -> int:
     except RankExit as error:
         print(f"shrinkthink: error: {error}", file=sys.stderr)
         return error.code
-    except SetupError as error:  # under torchrun: each rank says it, with its rank
+    except SetupError as error:  # under torchrun: each rank that fails says it
         if args.debug:
             raise
-        print(f"shrinkthink: error: rank {os.environ.get('RANK', '0')}: {error}", file=sys.stderr)
+        print(f"shrinkthink: error: {error}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `shrinkthink tasks | head`
         sys.stderr.close()

@@ -68,9 +68,9 @@ def setup(device: torch.device) -> None:
         dist.init_process_group(backend)
     except dist.DistError as error:  # a port taken, no loopback, a rank that never came
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SetupError(f"{os.environ.get('WORLD_SIZE')} ranks could not meet ({backend} at {where}): {reason}; "
-                         "`--procs 1` (or `procs: 1`) runs in one process") from error
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SetupError(f"rank {os.environ.get('RANK', '0')}: {os.environ.get('WORLD_SIZE')} ranks could not meet "
+                         f"({backend} at {where}): {reason}; `--procs 1` (or `procs: 1`) runs in one process") from error
 
 
 def threads_per_rank() -> int:
