@@ -191,15 +191,46 @@ def test_arith_subtraction_stays_non_negative() -> None:
 
 
 def test_multiply_icot_format() -> None:
-    assert rev(2413) == "3142"
-    assert icot_steps(2413, 35) == ["56021", "+09327=55448"]
-    assert rev(2413 * 35) == "55448"
-    assert icot_steps(12, 3) == ["63"]
-    assert icot_steps(12, 101) == ["21", "+00=21", "+0021=2121"]
-    problem = MultiplyTask(digits=[4, 2]).generate(1, random.Random(0))
-    a, b = problem.prompt[:-2].split("*")
-    assert int(a[::-1]) * int(b[::-1]) == int(problem.answer[::-1])
-    assert len(a) == 4 and len(b) == 2
+    assert rev(2413) == "3142" and rev(2413, 6) == "314200"
+    # iCoT's layout: the j-th line's numbers have len(a)+1+j digits, the answer len(a)+len(b)
+    assert icot_steps(2413, 35) == ["56021", "+093270=554480"]
+    assert icot_steps(12, 3) == ["630"]
+    assert icot_steps(12, 101) == ["210", "+0000=2100", "+00210=21210"]
+    # each number with only its own digits
+    assert icot_steps(2413, 35, fixed_width=False) == ["56021", "+09327=55448"]
+    assert icot_steps(12, 101, fixed_width=False) == ["21", "+00=21", "+0021=2121"]
+    for fixed_width in (True, False):
+        task = MultiplyTask(digits=[4, 2], fixed_width=fixed_width)
+        problem = task.generate(1, random.Random(0))
+        a, b = problem.prompt[:-2].split("*")
+        assert int(a[::-1]) * int(b[::-1]) == int(problem.answer[::-1])
+        assert len(a) == 4 and len(b) == 2
+        assert problem.steps[-1].endswith("=" + problem.answer)
+
+
+def test_multiply_layout_is_fixed_by_the_sizes() -> None:
+    task = MultiplyTask(digits=[4, 4])
+    problems = [task.generate(1, random.Random(seed)) for seed in range(200)]
+    layouts = {tuple(len(step) for step in p.steps) + (len(p.answer),) for p in problems}
+    assert layouts == {(5, 14, 16, 18, 8)}
+    natural = MultiplyTask(digits=[4, 4], fixed_width=False)
+    assert len({tuple(len(s) for s in natural.generate(1, random.Random(seed)).steps) for seed in range(200)}) > 1
+
+
+def test_multiply_scores_the_value_not_the_padding() -> None:
+    task = MultiplyTask(digits=[4, 2])
+    # a product with fewer digits than the width: its answer ends in padding
+    problem = next(p for p in (task.generate(1, random.Random(seed)) for seed in range(100)) if p.answer[-1] == "0")
+    value = problem.answer.rstrip("0")
+    assert len(value) < len(problem.answer)
+    assert task.is_correct(problem, problem.answer) and task.is_correct(problem, value)
+    assert task.is_correct(problem, " ".join(problem.answer))  # iCoT's spaced digits
+    wrong = str((int(value[0]) + 1) % 10) + value[1:]
+    assert not task.is_correct(problem, wrong)
+    assert not task.is_correct(problem, "0" + problem.answer)  # a leading zero moves every digit
+    assert not task.is_correct(problem, "") and not task.is_correct(problem, "x")
+    with pytest.raises(ValueError, match="fixed_width"):
+        MultiplyTask(fixed_width="no")
 
 
 def reach(edges: list[tuple[str, str]], start: str) -> dict[str, int]:

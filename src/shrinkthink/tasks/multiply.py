@@ -1,17 +1,21 @@
 """Multi-digit multiplication in the iCoT format (Deng et al. 2023, "Implicit Chain of Thought
 Reasoning via Knowledge Distillation", arXiv 2311.01460): every number is written least-significant
-digit first, so a left-to-right model produces digits in the order carries need them.
+digit first, so a left-to-right model produces digits in the order carries need them, and zero-padded
+to a width fixed by the digit counts, so every digit of every line sits at the same place in every
+problem of a size.
 
 For 2413*35 the prompt is `3142*53=?`; the steps are the partial product 2413*5 reversed, then one
 line per further digit of the multiplier, `+P=S`, with P the shifted partial product and S the
-running sum, both reversed:
+running sum, both reversed. With an n-digit multiplicand, the partial product by digit j (from 0)
+and the sum that takes it in have n+1+j digits, and the answer n+m:
 
     56021
-    +09327=55448
-    Answer: 55448
+    +093270=554480
+    Answer: 554480
 
 iCoT spaces its digits (`5 6 0 2 1`); we write them compact because tiny character-level models
-pay per character.
+pay per character. `fixed_width: false` writes each number with only its own digits (`+09327=55448`),
+which moves every later digit with the carries: the 1.06M-parameter model did not learn 4x4 that way.
 
     python -c "import random; from shrinkthink.tasks.multiply import MultiplyTask; \\
         print(MultiplyTask().generate(2, random.Random(0)))"
@@ -33,8 +37,11 @@ class MultiplyTask(Task):
     description = "L-digit by L-digit multiplication, digits reversed as in iCoT: 3142*53=?"
     max_level = 9
 
-    def __init__(self, digits: list[int] | None = None, heldout_fraction: float = 0.2) -> None:
+    def __init__(self, digits: list[int] | None = None, fixed_width: bool = True, heldout_fraction: float = 0.2) -> None:
         super().__init__(heldout_fraction)
+        if not isinstance(fixed_width, bool):
+            raise ValueError(f"fixed_width must be true or false, got {fixed_width!r}")
+        self.fixed_width = fixed_width
         if digits is not None:
             if len(digits) != 2 or not all(isinstance(d, int) and d >= 1 for d in digits):
                 raise ValueError(f"digits must be two positive integers [a, b], got {digits!r}")
@@ -50,14 +57,16 @@ class MultiplyTask(Task):
         return Problem(
             id=problem_id(self.name, level, prompt),
             prompt=prompt,
-            answer=rev(a * b),
+            answer=rev(a * b, a_digits + b_digits if self.fixed_width else 0),
             level=level,
-            steps=icot_steps(a, b),
+            steps=icot_steps(a, b, self.fixed_width),
             metadata={"a": a, "b": b},
         )
 
     def is_correct(self, problem: Problem, answer: str) -> bool:
-        return "".join(answer.split()) == problem.answer
+        """The product's digits, reversed; padding zeros (or their absence) do not count."""
+        text = "".join(answer.split())
+        return text.isdigit() and text.isascii() and text.rstrip("0") == problem.answer.rstrip("0")
 
     # --- step checker, canonical steps, paraphraser -----------------------------------------
     has_step_checker = True
@@ -91,21 +100,25 @@ class MultiplyTask(Task):
         return super().digression(problem, step_index, rng)
 
 
-def rev(n: int) -> str:
-    """`n`'s digits least-significant first: 2413 -> "3142"."""
-    return str(n)[::-1]
+def rev(n: int, width: int = 0) -> str:
+    """`n`'s digits least-significant first, zero-padded to `width`: 2413 -> "3142", (2413, 6) ->
+    "314200"."""
+    return str(n)[::-1].ljust(width, "0")
 
 
-def icot_steps(a: int, b: int) -> list[str]:
-    """The partial product by b's lowest digit, then `+P=S` per further digit (reversed)."""
+def icot_steps(a: int, b: int, fixed_width: bool = True) -> list[str]:
+    """The partial product by b's lowest digit, then `+P=S` per further digit (reversed; with
+    `fixed_width`, the j-th line's numbers padded to len(a)+1+j digits)."""
+    n = len(str(a))
+    width = (lambda j: n + 1 + j) if fixed_width else (lambda j: 0)
     b_digits = [int(d) for d in rev(b)]
     total = a * b_digits[0]
-    steps = [rev(total)]
+    steps = [rev(total, width(0))]
     for j, digit in enumerate(b_digits[1:], start=1):
         # The shifted partial product keeps its j trailing zeros, which lead once reversed.
-        partial = "0" * j + rev(a * digit)
+        partial = ("0" * j + rev(a * digit)).ljust(width(j), "0")
         total += a * digit * 10**j
-        steps.append(f"+{partial}={rev(total)}")
+        steps.append(f"+{partial}={rev(total, width(j))}")
     return steps
 
 
