@@ -28,7 +28,8 @@ def main() -> int:
     summary = run_dir / "summary.json"
     if summary.is_file():
         data = json.loads(summary.read_text())
-        print(json.dumps({"seconds": data["seconds"], "stages": data["stages"]}, indent=2))
+        print(json.dumps({"seconds": data["seconds"], "allocator": data.get("allocator"), "stages": data["stages"]},
+                         indent=2))
     return result.returncode
 
 

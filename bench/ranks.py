@@ -1,13 +1,15 @@
-"""One process against N data-parallel ranks on the same config, side by side: each stage's median
-seconds a step, its wall seconds and its accuracy, and the ratio of each to the first `--procs`.
+"""Launch settings side by side on the same config: one process against N data-parallel ranks,
+glibc's malloc against jemalloc or tcmalloc. Each stage's median seconds a step, its wall seconds
+and its accuracy, and the ratio of each to the first setting's.
 
-    python bench/ranks.py CONFIG [key=value ...] [--procs 1 2] [--repeats 2]
+    python bench/ranks.py CONFIG [key=value ...] [--procs 1 2] [--allocator system jemalloc] [--repeats 2]
 
-Runs `shrinkthink run CONFIG ... --procs P` as a user does, P in `--procs`, in turn, `--repeats`
-times (the order reversed on every other repeat, so a machine that slows down in the middle
-charges both sides), and reads each run's `metrics.jsonl`. Ranks sample with their own seeds, so
-accuracies are draws of the same run, not copies; the times are what this bench is for. Short
-probes from a checkpoint (`model.kind: pretrained`, a few dozen steps a stage) keep it to minutes.
+Runs `shrinkthink run CONFIG ... --procs P allocator=A` as a user does, for each P in `--procs` and
+A in `--allocator` (left out: the config's), in turn, `--repeats` times (the order reversed on
+every other repeat, so a machine that slows down in the middle charges both sides), and reads each
+run's `metrics.jsonl` and `summary.json`. Ranks sample with their own seeds, so their accuracies
+are draws of the same run, not copies; an allocator computes the same numbers. The times are what
+this bench is for. Short probes (a few dozen steps a stage) keep it to minutes.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ import time
 from pathlib import Path
 
 
-def run_once(config: list[str], procs: int, root: Path, index: int) -> dict[str, dict]:
+def run_once(config: list[str], procs: int, allocator: str | None, root: Path, index: int) -> dict[str, dict]:
     """Per stage: median step seconds, wall seconds and final accuracy of one run."""
-    run_dir = root / f"p{procs}-{index}"
-    command = [sys.executable, "-m", "shrinkthink", "run", *config, "--procs", str(procs),
-               "--run-dir", str(run_dir), "--no-progress"]
+    run_dir = root / f"p{procs}-{allocator}-{index}"
+    command = [sys.executable, "-m", "shrinkthink", "run", *config, *([f"allocator={allocator}"] if allocator else []),
+               "--procs", str(procs), "--run-dir", str(run_dir), "--no-progress"]
     began = time.time()
     result = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
     if result.returncode != 0:
@@ -43,7 +45,8 @@ def run_once(config: list[str], procs: int, root: Path, index: int) -> dict[str,
             entry["steps"].append(row["seconds"])
     for entry in stages.values():
         entry["step_s"] = statistics.median(entry.pop("steps")) if entry.get("steps") else None
-    stages["(process)"] = {"stage_s": time.time() - began}
+    stages["(process)"] = {"stage_s": time.time() - began,
+                           "allocator": json.loads((run_dir / "summary.json").read_text()).get("allocator")}
     return stages
 
 
@@ -51,26 +54,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="+", help="a config, then overrides, as `shrinkthink run` takes them")
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--allocator", nargs="+", default=[None], choices=["auto", "system", "jemalloc", "tcmalloc"])
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="shrinkthink-ranks-"))
-    runs: dict[int, list[dict]] = {p: [] for p in args.procs}
+    settings = [(p, a) for p in args.procs for a in args.allocator]
+    runs: dict[tuple, list[dict]] = {s: [] for s in settings}
     for repeat in range(args.repeats):
-        order = args.procs if repeat % 2 == 0 else list(reversed(args.procs))
-        for procs in order:
-            runs[procs].append(run_once(args.config, procs, root, repeat))
-            print(f"repeat {repeat + 1}, {procs} proc(s): done", flush=True)
+        order = settings if repeat % 2 == 0 else list(reversed(settings))
+        for procs, allocator in order:
+            runs[procs, allocator].append(run_once(args.config, procs, allocator, root, repeat))
+            print(f"repeat {repeat + 1}, {procs} proc(s), allocator {allocator or 'as configured'}: done", flush=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
     print(f"config: {' '.join(args.config)}; repeats: {args.repeats}")
-    base = args.procs[0]
-    print("| stage | procs | median s/step | stage s | accuracy | step speed-up | stage speed-up |")
-    print("|---|---|---|---|---|---|---|")
+    base = settings[0]
+    print("| stage | procs | allocator (loaded) | median s/step | stage s | accuracy | step speed-up | stage speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
     for stage in runs[base][0]:
-        for procs in args.procs:
-            cells = [r.get(stage, {}) for r in runs[procs]]
+        for setting in settings:
+            cells = [r.get(stage, {}) for r in runs[setting]]
             step = [c["step_s"] for c in cells if c.get("step_s")]
             wall = [c["stage_s"] for c in cells if c.get("stage_s")]
             acc = [c["accuracy"] for c in cells if c.get("accuracy") is not None]
+            loaded = ", ".join(sorted({r["(process)"]["allocator"] or "-" for r in runs[setting]}))
 
             def ratio(key: str) -> str:
                 mine = [c[key] for c in cells if c.get(key)]
@@ -79,7 +85,8 @@ def main() -> int:
                     return "-"
                 return f"{statistics.median(theirs) / statistics.median(mine):.2f}x"
 
-            print(f"| {stage} | {procs} | {', '.join(f'{s:.3f}' for s in step) or '-'} | "
+            print(f"| {stage} | {setting[0]} | {setting[1] or 'config'} ({loaded}) | "
+                  f"{', '.join(f'{s:.3f}' for s in step) or '-'} | "
                   f"{', '.join(f'{s:.0f}' for s in wall) or '-'} | {', '.join(f'{a:.3f}' for a in acc) or '-'} | "
                   f"{ratio('step_s')} | {ratio('stage_s')} |")
     return 0

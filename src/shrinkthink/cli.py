@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from shrinkthink import allocator
 from shrinkthink.errors import SetupError, UserError
 
 EXIT_USER_ERROR = 2
@@ -87,6 +88,8 @@ def _run(args) -> None:
         if overrides and "=" not in overrides[0]:
             config_path = overrides.pop(0)
         config = load_config(config_path, overrides)
+    if args.relaunch:  # again as typed, with the config's allocator preloaded (ranks inherit it)
+        allocator.relaunch(config.allocator)
     procs = args.procs or config.procs
     if procs > 1 and "WORLD_SIZE" not in os.environ:
         _spawn_ranks(args, procs)
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = [a for a in extra if a.startswith("-")]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.relaunch = argv is None  # the command itself, not main([...]) inside another program
     return _handle(args)
 
 

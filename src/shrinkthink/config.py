@@ -310,6 +310,10 @@ class RunConfig(Strict):
     procs: int = Field(1, ge=1, description="data-parallel ranks `shrinkthink run` starts on this machine (`--procs` "
                                             "overrides; under torchrun, the launcher's count). Ranks sample with "
                                             "their own seeds, so the count is part of the run")
+    allocator: Literal["auto", "system", "jemalloc", "tcmalloc"] = Field(
+        "auto", description="the memory allocator `shrinkthink run` starts its processes with (allocator.py): auto "
+                            "takes jemalloc, else tcmalloc, where installed; system keeps glibc's malloc. The "
+                            "numbers are the same with each; the speed is not")
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     stages: list[Stage] = Field(..., min_length=1)

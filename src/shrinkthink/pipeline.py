@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from shrinkthink import distributed
+from shrinkthink import allocator, distributed
 from shrinkthink.config import RunConfig, dump_config
 from shrinkthink.errors import UserError
 from shrinkthink.policy import Policy, pick_device
@@ -131,6 +131,7 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
     distributed.check_replicated("the tokenizer", zlib.crc32(json.dumps(sorted(policy.tokenizer.get_vocab().items())).encode()))
     distributed.broadcast_parameters(policy.model)
     summary["model_parameters"] = sum(p.numel() for p in policy.model.parameters())
+    summary["allocator"] = allocator.loaded()
     # a resumed run's finished stages still count: their extras (warm start's completion length)
     # set how long later evaluations sample
     stage_extras: dict[str, Any] = {s["name"]: s for s in summary["stages"]}

@@ -1,0 +1,75 @@
+"""The memory allocator a run's processes use: `allocator` in the config.
+
+glibc's malloc is slow for what a training loop asks of it, thousands of tensors a step, freed as
+fast as they are made; jemalloc and tcmalloc keep such memory for reuse. PyTorch's own CPU launcher
+(`python -m torch.backends.xeon.run_cpu`) preloads one for the same reason. On the dev CPU a
+warm-start step of the quickstart ran 20-30% faster with either, computing the same numbers to
+the last bit (docs/results.md, twentieth session).
+
+An allocator is chosen when a process starts, so `shrinkthink run` starts itself again with the
+library in `LD_PRELOAD` (the same process id: torchrun and job schedulers see nothing); ranks it
+spawns inherit it. `auto` takes jemalloc, else tcmalloc, where the system has one, and glibc's
+otherwise; `system` never relaunches. The summary's `allocator` says which one the run had.
+
+    apt install libjemalloc2        # or conda install jemalloc; then `shrinkthink run` uses it
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import sys
+from pathlib import Path
+
+# Which library each name means; `auto` tries them in this order.
+LIBRARIES = {"jemalloc": ("jemalloc",), "tcmalloc": ("tcmalloc", "tcmalloc_minimal")}
+# Set before the relaunch: a library that would not preload is not tried again.
+TRIED = "SHRINKTHINK_ALLOCATOR_TRIED"
+
+
+def find(name: str) -> str | None:
+    """The shared library for `name` ('jemalloc' or 'tcmalloc'): in this Python's prefix (a conda
+    environment), else where the dynamic loader finds it; None if neither has it."""
+    for stem in LIBRARIES[name]:
+        for folder in {Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"}:
+            found = sorted(folder.glob(f"lib{stem}.so*"))
+            if found:
+                return str(found[0])
+        soname = ctypes.util.find_library(stem)
+        if soname:
+            return soname
+    return None
+
+
+def loaded() -> str:
+    """Which allocator this process runs: 'jemalloc', 'tcmalloc' or 'system'."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:  # not Linux
+        return "system"
+    for name, stems in LIBRARIES.items():
+        if any(f"lib{stem}.so" in maps for stem in stems):
+            return name
+    return "system"
+
+
+def relaunch(choice: str) -> None:
+    """Start this command again, as it was typed (`sys.orig_argv`), with `choice`'s library
+    preloaded, if it is not loaded yet and can be; otherwise return and go on as is. `auto` settles
+    for the system's malloc where no other is installed; a named one that is missing is a bad input."""
+    from shrinkthink.errors import UserError
+
+    if choice == "system" or loaded() != "system" or os.environ.get(TRIED) or not sys.platform.startswith("linux"):
+        return
+    names = ["jemalloc", "tcmalloc"] if choice == "auto" else [choice]
+    library = next((path for path in map(find, names) if path), None)
+    if library is None:
+        if choice == "auto":
+            return
+        raise UserError(f"allocator: no {choice} library on this system (apt install "
+                        f"{'libjemalloc2' if choice == 'jemalloc' else 'libtcmalloc-minimal4'}, or allocator: auto)")
+    preload = " ".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))
+    env = {**os.environ, "LD_PRELOAD": preload, TRIED: library}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, env)
