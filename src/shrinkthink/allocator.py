@@ -3,13 +3,16 @@
 glibc's malloc is slow for what a training loop asks of it, thousands of tensors a step, freed as
 fast as they are made; jemalloc and tcmalloc keep such memory for reuse. PyTorch's own CPU launcher
 (`python -m torch.backends.xeon.run_cpu`) preloads one for the same reason. On the dev CPU a
-warm-start step of the quickstart ran 20-30% faster with either, computing the same numbers to
-the last bit (docs/results.md, twentieth session).
+warm-start step of the quickstart ran 1.2-1.4x faster in one process with either, and the
+quickstart's stages 1.19x on two ranks with jemalloc, computing the same numbers to the last bit
+(docs/results.md, twentieth session).
 
 An allocator is chosen when a process starts, so `shrinkthink run` starts itself again with the
-library in `LD_PRELOAD` (the same process id: torchrun and job schedulers see nothing); ranks it
-spawns inherit it. `auto` takes jemalloc, else tcmalloc, where the system has one, and glibc's
-otherwise; `system` never relaunches. The summary's `allocator` says which one the run had.
+library in `LD_PRELOAD` (the same process id: torchrun and job schedulers see nothing); ranks that
+`--procs` spawns inherit it, and each rank torchrun starts does the same for itself. `auto` takes
+jemalloc, else tcmalloc, where the system has one, and glibc's otherwise; `system` never
+relaunches; one preloaded already (by the user's own `LD_PRELOAD`) is kept. The summary's
+`allocator` says which one the run had.
 
     apt install libjemalloc2        # or conda install jemalloc; then `shrinkthink run` uses it
 """
@@ -20,6 +23,8 @@ import ctypes.util
 import os
 import sys
 from pathlib import Path
+
+from shrinkthink.errors import UserError
 
 # Which library each name means; `auto` tries them in this order.
 LIBRARIES = {"jemalloc": ("jemalloc",), "tcmalloc": ("tcmalloc", "tcmalloc_minimal")}
@@ -57,8 +62,6 @@ def relaunch(choice: str) -> None:
     """Start this command again, as it was typed (`sys.orig_argv`), with `choice`'s library
     preloaded, if it is not loaded yet and can be; otherwise return and go on as is. `auto` settles
     for the system's malloc where no other is installed; a named one that is missing is a bad input."""
-    from shrinkthink.errors import UserError
-
     if choice == "system" or loaded() != "system" or os.environ.get(TRIED) or not sys.platform.startswith("linux"):
         return
     names = ["jemalloc", "tcmalloc"] if choice == "auto" else [choice]
