@@ -2,19 +2,19 @@
 
 glibc's malloc is slow for what a training loop asks of it, thousands of tensors a step, freed as
 fast as they are made; jemalloc and tcmalloc keep such memory for reuse. PyTorch's own CPU launcher
-(`python -m torch.backends.xeon.run_cpu`) preloads one for the same reason. On the dev CPU a
-warm-start step of the quickstart ran 1.2-1.4x faster in one process with either, and the
-quickstart's stages 1.19x on two ranks with jemalloc, computing the same numbers to the last bit
-(docs/results.md, twentieth session).
+(`python -m torch.backends.xeon.run_cpu`) preloads one for the same reason. On the dev CPU, on two
+ranks, the quickstart's stages ran 1.19x faster with jemalloc than with glibc's malloc, and 1.19x
+faster again with tcmalloc, computing the same numbers to the last bit (docs/results.md, twentieth
+session).
 
 An allocator is chosen when a process starts, so `shrinkthink run` starts itself again with the
 library in `LD_PRELOAD` (the same process id: torchrun and job schedulers see nothing); ranks that
 `--procs` spawns inherit it, and each rank torchrun starts does the same for itself. `auto` takes
-jemalloc, else tcmalloc, where the system has one, and glibc's otherwise; `system` never
+tcmalloc, else jemalloc, where the system has one, and glibc's otherwise; `system` never
 relaunches; one preloaded already (by the user's own `LD_PRELOAD`) is kept. The summary's
 `allocator` says which one the run had.
 
-    apt install libjemalloc2        # or conda install jemalloc; then `shrinkthink run` uses it
+    apt install libtcmalloc-minimal4   # or libjemalloc2, or conda's; then `shrinkthink run` uses it
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from shrinkthink.errors import UserError
 
 # Which library each name means; `auto` tries them in this order.
-LIBRARIES = {"jemalloc": ("jemalloc",), "tcmalloc": ("tcmalloc", "tcmalloc_minimal")}
+LIBRARIES = {"tcmalloc": ("tcmalloc", "tcmalloc_minimal"), "jemalloc": ("jemalloc",)}
 # Set before the relaunch: a library that would not preload is not tried again.
 TRIED = "SHRINKTHINK_ALLOCATOR_TRIED"
 
@@ -64,7 +64,7 @@ def relaunch(choice: str) -> None:
     for the system's malloc where no other is installed; a named one that is missing is a bad input."""
     if choice == "system" or loaded() != "system" or os.environ.get(TRIED) or not sys.platform.startswith("linux"):
         return
-    names = ["jemalloc", "tcmalloc"] if choice == "auto" else [choice]
+    names = list(LIBRARIES) if choice == "auto" else [choice]
     library = next((path for path in map(find, names) if path), None)
     if library is None:
         if choice == "auto":

@@ -312,7 +312,7 @@ class RunConfig(Strict):
                                             "their own seeds, so the count is part of the run")
     allocator: Literal["auto", "system", "jemalloc", "tcmalloc"] = Field(
         "auto", description="the memory allocator `shrinkthink run` starts its processes with (allocator.py): auto "
-                            "takes jemalloc, else tcmalloc, where installed; system keeps glibc's malloc. The "
+                            "takes tcmalloc, else jemalloc, where installed; system keeps glibc's malloc. The "
                             "numbers are the same with each; the speed is not")
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
