@@ -36,7 +36,7 @@ def find(name: str) -> str | None:
     """The shared library for `name` ('jemalloc' or 'tcmalloc'): in this Python's prefix (a conda
     environment), else where the dynamic loader finds it; None if neither has it."""
     for stem in LIBRARIES[name]:
-        for folder in {Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"}:
+        for folder in dict.fromkeys([Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"]):  # in order, once
             found = sorted(folder.glob(f"lib{stem}.so*"))
             if found:
                 return str(found[0])
