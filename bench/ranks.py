@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from shrinkthink.allocator import LIBRARIES
+
 
 def run_once(config: list[str], procs: int, allocator: str | None, root: Path, index: int) -> dict[str, dict]:
     """Per stage: median step seconds, wall seconds and final accuracy of one run."""
@@ -54,7 +56,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="+", help="a config, then overrides, as `shrinkthink run` takes them")
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--allocator", nargs="+", default=[None], choices=["auto", "system", "jemalloc", "tcmalloc"])
+    parser.add_argument("--allocator", nargs="+", default=[None], choices=["auto", "system", *LIBRARIES])
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="shrinkthink-ranks-"))

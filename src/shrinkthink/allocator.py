@@ -28,6 +28,7 @@ from shrinkthink.errors import UserError
 
 # Which library each name means; `auto` tries them in this order.
 LIBRARIES = {"tcmalloc": ("tcmalloc", "tcmalloc_minimal"), "jemalloc": ("jemalloc",)}
+PACKAGES = {"tcmalloc": "libtcmalloc-minimal4", "jemalloc": "libjemalloc2"}  # Debian's, for the error
 # Set before the relaunch: a library that would not preload is not tried again.
 TRIED = "SHRINKTHINK_ALLOCATOR_TRIED"
 
@@ -69,8 +70,8 @@ def relaunch(choice: str) -> None:
     if library is None:
         if choice == "auto":
             return
-        raise UserError(f"allocator: no {choice} library on this system (apt install "
-                        f"{'libjemalloc2' if choice == 'jemalloc' else 'libtcmalloc-minimal4'}, or allocator: auto)")
+        raise UserError(f"allocator: no {choice} library on this system (apt install {PACKAGES[choice]}, "
+                        "or allocator: auto)")
     preload = " ".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))
     env = {**os.environ, "LD_PRELOAD": preload, TRIED: library}
     sys.stdout.flush()

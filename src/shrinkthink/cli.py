@@ -143,6 +143,7 @@ def _rank(index: int, args, procs: int, port: int) -> None:
     reports the first (a bad input as one line, whichever rank found it first)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(index), LOCAL_RANK=str(index),
                       WORLD_SIZE=str(procs), LOCAL_WORLD_SIZE=str(procs))
+    args.relaunch = False  # it has the allocator the command chose; its own command line is spawn's
     _run(args)
 
 

@@ -110,8 +110,9 @@ def rev(n: int, width: int = 0) -> str:
 def icot_steps(a: int, b: int, fixed_width: bool = True) -> list[str]:
     """The partial product by b's lowest digit, then `+P=S` per further digit (reversed; with
     `fixed_width`, the j-th line's numbers padded to len(a)+1+j digits)."""
-    n = len(str(a))
-    width = (lambda j: n + 1 + j) if fixed_width else (lambda j: 0)
+    def width(j: int) -> int:  # of line j's numbers; 0: their own digits only
+        return len(str(a)) + 1 + j if fixed_width else 0
+
     b_digits = [int(d) for d in rev(b)]
     total = a * b_digits[0]
     steps = [rev(total, width(0))]
