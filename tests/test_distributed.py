@@ -17,11 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from shrinkthink import distributed
+from shrinkthink import allocator, distributed
 from shrinkthink.config import load_config
 from shrinkthink.errors import SetupError, UserError
 from shrinkthink.pipeline import run_pipeline
 from shrinkthink.policy import pick_device
+from test_allocator import AUTO
 from test_pipeline import CONFIG, cli, crash_in, metric_lines, step_keys
 
 
@@ -101,6 +102,30 @@ def test_two_ranks_write_one_run_directory(runs: tuple[Path, Path]) -> None:
     before = load_file(two / "checkpoints" / "warm" / "model.safetensors")
     after = load_file(two / "checkpoints" / "climb" / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_torchrun_starts_the_ranks_procs_does(runs: tuple[Path, Path]) -> None:
+    """`torchrun --nproc-per-node 2 -m shrinkthink run CFG`, the multi-machine way in: its two
+    ranks (each relaunched with the allocator itself) log what `--procs 2` logs, step for step."""
+    _, two = runs
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+    env.pop(allocator.TRIED, None)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "shrinkthink", "run", "e2e.yaml", "--run-dir", "torchrun", "--no-progress"],
+                            cwd=two.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("run dir:") == 1
+    launched = two.parent / "torchrun"
+    assert step_keys(launched) == step_keys(two)
+    def measured(run_dir: Path) -> list[dict]:
+        return [{k: row[k] for k in ("loss", "reward", "accuracy", "mean_reasoning_tokens") if k in row}
+                for row in metric_lines(run_dir)]
+
+    for ours, theirs in zip(measured(launched), measured(two), strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-6)
+    summary = json.loads((launched / "summary.json").read_text())
+    assert summary["allocator"] == json.loads((two / "summary.json").read_text())["allocator"] == AUTO
+    assert load_config(launched / "config.yaml").procs == 2
 
 
 def test_two_ranks_resume_a_run_one_process_began(tmp_path: Path, monkeypatch) -> None:
