@@ -105,8 +105,9 @@ def test_two_ranks_write_one_run_directory(runs: tuple[Path, Path]) -> None:
 
 
 def test_torchrun_starts_the_ranks_procs_does(runs: tuple[Path, Path]) -> None:
-    """`torchrun --nproc-per-node 2 -m shrinkthink run CFG`, the multi-machine way in: its two
-    ranks (each relaunched with the allocator itself) log what `--procs 2` logs, step for step."""
+    """`torchrun --nproc-per-node 2 -m shrinkthink run CFG`, the multi-GPU and multi-machine way
+    in: its two ranks log what `--procs 2` logs, step for step, and rank 0, which torchrun started
+    with no allocator preloaded, relaunched itself with the one `auto` picks."""
     _, two = runs
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
     env.pop(allocator.TRIED, None)
@@ -117,6 +118,7 @@ def test_torchrun_starts_the_ranks_procs_does(runs: tuple[Path, Path]) -> None:
     assert result.stdout.count("run dir:") == 1
     launched = two.parent / "torchrun"
     assert step_keys(launched) == step_keys(two)
+
     def measured(run_dir: Path) -> list[dict]:
         return [{k: row[k] for k in ("loss", "reward", "accuracy", "mean_reasoning_tokens") if k in row}
                 for row in metric_lines(run_dir)]
