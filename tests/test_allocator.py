@@ -7,11 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
 from shrinkthink import allocator
+from shrinkthink.config import RunConfig
 from shrinkthink.errors import UserError
 
 RUN = """\
@@ -105,3 +107,10 @@ def test_an_unknown_allocator_is_one_line(tmp_path: Path) -> None:
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("shrinkthink: error: ") and "allocator: " in line and "jemalloc" in line
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_config_offers_each_library_allocator_knows() -> None:
+    """`allocator` in the config names what relaunch() can find, and a package hint for each."""
+    offered = set(typing.get_args(RunConfig.model_fields["allocator"].annotation))
+    assert offered == {"auto", "system", *allocator.LIBRARIES}
+    assert set(allocator.PACKAGES) == set(allocator.LIBRARIES)
