@@ -23,9 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 from pathlib import Path
 
-from shrinkthink.allocator import LIBRARIES
+from shrinkthink.config import RunConfig
 
 
 def run_once(config: list[str], procs: int, allocator: str | None, root: Path, index: int) -> dict[str, dict]:
@@ -56,7 +57,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="+", help="a config, then overrides, as `shrinkthink run` takes them")
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--allocator", nargs="+", default=[None], choices=["auto", "system", *LIBRARIES])
+    parser.add_argument("--allocator", nargs="+", default=[None],
+                        choices=typing.get_args(RunConfig.model_fields["allocator"].annotation))  # the config's
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="shrinkthink-ranks-"))
