@@ -1,7 +1,8 @@
 """The latent stage: COCONUT's hidden-state feedback with a KV cache equals recomputing the whole
-sequence; the curriculum and loss masks on a hand-made example; iCoT's removal schedule and
-smoothing distribution; a latent policy generates, saves and loads; and a short CLI run
-(warm start, then a latent stage) trains, logs, summarises and resumes."""
+sequence; the curriculum, its mixing of stages and loss masks on a hand-made example; iCoT's removal
+schedule and smoothing distribution; a latent policy generates (never writing its markers), saves
+and loads; and a short CLI run (warm start, then a latent stage) trains, logs, summarises and
+resumes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import transformers
 from safetensors.torch import load_file
 from test_pipeline import cli, crash_in, metric_lines, step_keys
 
+from shrinkthink import rollout
 from shrinkthink.config import LatentStage, load_config
 from shrinkthink.latent import coconut, icot
 from shrinkthink.latent.passes import LlamaPasses
@@ -270,9 +272,6 @@ def test_final_decay_schedule():
     # the last one (steps 6-9) warms up again and falls on a cosine towards 0 at step 10
     decay = [lr_factor(stage, s, 6, final_start=6) for s in range(6, 10)]
     assert decay == pytest.approx([0.5, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])
-    # an optimizer reset inside the last curriculum step (iCoT's removal still growing) warms up
-    # again, but the cosine keeps counting from where the last step began
-    assert lr_factor(stage, 8, 8, final_start=6) == pytest.approx(0.5 * 0.5)
     held = stage.model_copy(update={"final_decay": False})
     assert [lr_factor(held, s, 6, final_start=6) for s in range(6, 10)] == [0.5, 1.0, 1.0, 1.0]
 
@@ -285,27 +284,107 @@ def test_final_decay_that_could_never_start_is_refused():
                 steps_per_stage=150, max_latent_stage=3)
 
 
+def test_example_stage_mixes_earlier_or_any_stage():
+    """`earlier_stage_share` (ours) draws from the stages before the current one only; `uniform_prob`
+    (the paper's) from every stage 0..n_steps, later ones included; with neither, the current one."""
+    def shares(n: int = 20000, **kwargs) -> list[float]:
+        rng = random.Random(0)
+        draws = [coconut.example_stage(rng=rng, **kwargs) for _ in range(n)]
+        return [draws.count(k) / n for k in range(max(draws) + 1)]
+
+    assert shares(phase=2, n_steps=3) == [0.0, 0.0, 1.0]
+    # at phase 2 with share 1/2: stage 2 half the time, 0 and 1 a quarter each, never 3
+    assert shares(phase=2, n_steps=3, earlier_stage_share=0.5) == pytest.approx([0.25, 0.25, 0.5], abs=0.015)
+    assert shares(phase=0, n_steps=3, earlier_stage_share=0.5) == [1.0]  # nothing earlier than 0
+    # uniform_prob 1: each of the stages 0..3 a quarter of the time, phase or not
+    assert shares(phase=2, n_steps=3, uniform_prob=1.0) == pytest.approx([0.25] * 4, abs=0.015)
+    # uniform_prob 0.4 at phase 1 of 4 steps: 0.4/5 for each stage, plus 0.6 for stage 1
+    assert shares(phase=1, n_steps=4, uniform_prob=0.4) == pytest.approx([0.08, 0.68, 0.08, 0.08, 0.08], abs=0.015)
+
+
+def test_uniform_prob_is_a_coconut_probability_and_earlier_stage_share_is_not_it():
+    base = {"kind": "latent", "name": "think", "levels": [1], "steps": 10}
+    assert LatentStage(**base, method="coconut", uniform_prob=0.3).uniform_prob == 0.3
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="uniform_prob"):
+            LatentStage(**base, method="coconut", uniform_prob=bad)
+    with pytest.raises(ValueError, match="uniform_prob: not a field of method 'icot'"):
+        LatentStage(**base, method="icot", uniform_prob=0.3)
+    assert "[uniform_prob]" not in LatentStage.model_fields["earlier_stage_share"].description
+    assert "[uniform_prob]" in LatentStage.model_fields["uniform_prob"].description
+
+
+@pytest.mark.parametrize("thoughts", [0, 2], ids=["markers-only", "thoughts"])
+def test_latent_policy_never_writes_its_markers(tiny, thoughts):
+    """<bot>, <eot>, <thought> are markers, not text: at a temperature that makes all 103 tokens
+    about as likely (an unmasked marker shows up ~15 times in 512 draws), a latent policy samples
+    none, and a drawn <thought> no longer fails the thought pass."""
+    model, tokenizer, tokens = tiny
+    markers = {tokens.bot, tokens.eot, tokens.thought}
+    policy = Policy(model, tokenizer)
+    policy.latent = {"method": "coconut", "thoughts": thoughts}
+    prompts = [policy.prompt_ids(f"{i}+{i}=?") for i in range(32)]
+    if not thoughts:  # the premise: without the mask the same draws do write markers
+        torch.manual_seed(0)
+        plain = rollout.sample(model, coconut.latent_prompts(prompts, tokens, 0), eos_ids=policy.eos_ids,
+                               pad_id=policy.pad_id, max_new_tokens=16, temperature=50.0)
+        assert markers & {t for row in plain.completion_ids for t in row}
+    torch.manual_seed(0)
+    sampled = policy.sample(prompts, max_new_tokens=16, temperature=50.0)
+    written = {t for row in sampled.completion_ids for t in row}
+    assert len(written) > 50 and not markers & written
+    assert all(math.isfinite(lp) for row in sampled.logprobs for lp in row) and math.isfinite(sampled.entropy_sum)
+
+
+def test_latent_policy_never_writes_its_markers_greedy(tiny):
+    """Greedy too: with the markers made the likeliest tokens, the next likeliest is written."""
+    model, tokenizer, tokens = tiny
+    policy = Policy(model, tokenizer)
+    policy.latent = {"method": "coconut", "thoughts": 2}
+    prompts = [policy.prompt_ids("12+7=?"), policy.prompt_ids("3+4+5=?")]
+    expected = policy.sample(prompts, max_new_tokens=6, greedy=True).completion_ids
+    markers = [tokens.bot, tokens.eot, tokens.thought]
+    bias = torch.zeros(len(tokenizer))
+    bias[markers] = 1e4
+
+    handle = model.lm_head.register_forward_hook(lambda _module, _args, out: out + bias)
+    try:
+        for temperature in (1.0, 0.5):
+            got = policy.sample(prompts, max_new_tokens=6, greedy=True, temperature=temperature).completion_ids
+            assert got == expected
+    finally:
+        handle.remove()
+
+
 # --- iCoT -----------------------------------------------------------------------------------------
-def test_removal_schedule():
-    assert [icot.scheduled_removal(s, 8, 100) for s in (0, 99, 100, 250)] == [0, 0, 8, 16]
-    assert icot.scheduled_removal(0, 8, 100, remove_start=4) == 4
+def test_removal_grows_a_token_at_a_time():
+    """8 tokens per 100 steps: one more whenever step * 8 / 100 passes a whole number."""
+    assert [icot.scheduled_removal(s, 8, 100) for s in (0, 12, 13, 25, 99, 100, 250)] == [0, 0, 1, 2, 7, 8, 20]
+    assert icot.scheduled_removal(13, 8, 100, remove_start=4) == 5
+    # 3 tokens per 5 steps: 0, 0.6, 1.2, 1.8, 2.4, 3, 3.6, 4.2, 4.8, 5.4, 6 rounded down
+    assert [icot.scheduled_removal(s, 3, 5) for s in range(11)] == [0, 0, 1, 1, 2, 3, 3, 4, 4, 5, 6]
+
+
+def test_drop_all_bound_is_reached_not_passed():
+    """`drop_all_after: 16` removes everything at s = 16 (the reference's >=), smoothing aside."""
+    assert icot.tokens_to_remove(16, 0, 30, drop_all_after=16) == 30
+    assert icot.tokens_to_remove(15, 3, 30, drop_all_after=16) == 18
     assert icot.tokens_to_remove(8, 2, 30, None) == 10
     assert icot.tokens_to_remove(28, 5, 30, None) == 30  # capped at the transcript
-    assert icot.tokens_to_remove(17, 0, 30, drop_all_after=16) == 30
-    assert icot.tokens_to_remove(16, 0, 30, drop_all_after=16) == 16
+    assert [icot.all_removed(s, 30, 16) for s in (15, 16)] == [False, True]
+    assert [icot.all_removed(s, 30, None) for s in (29, 30)] == [False, True]
     assert icot.icot_target([1, 2, 3, 4], [9, 2], 3) == [4, 9, 2]
 
 
 def test_smoothing_distribution():
-    probs = icot.smoothing_probs(4.0, 3)
-    z = sum(math.exp(-4 * o) for o in range(4))
-    assert probs == pytest.approx([math.exp(-4 * o) / z for o in range(4)])
-    assert icot.smoothing_probs(None, 3) == [1.0, 0.0, 0.0, 0.0]
+    # λ = ln 2 halves each offset's weight: 1, 1/2, 1/4 over 7/4
+    assert icot.smoothing_probs(math.log(2), 2) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    assert icot.smoothing_probs(None, 3) == [1.0, 0.0, 0.0, 0.0]  # off: every example removes s exactly
+    assert icot.smoothing_probs(4.0, 0) == [1.0]
     rng = random.Random(0)
-    draws = [icot.sample_offset(icot.smoothing_probs(1.0, 5), rng) for _ in range(20000)]
-    expected = icot.smoothing_probs(1.0, 5)
-    for o in range(6):
-        assert draws.count(o) / len(draws) == pytest.approx(expected[o], abs=0.01)
+    probs = icot.smoothing_probs(math.log(2), 2)
+    draws = [icot.sample_offset(probs, rng) for _ in range(20000)]
+    assert [draws.count(o) / len(draws) for o in range(3)] == pytest.approx([4 / 7, 2 / 7, 1 / 7], abs=0.01)
 
 
 # --- the stage, end to end ------------------------------------------------------------------------
@@ -341,7 +420,9 @@ stages:
 METHODS = {
     "coconut": ("    steps_per_stage: 2\n    max_latent_stage: 1\n    earlier_stage_share: 0.3\n    thought_scale: embedding\n"
                 "    thought_targets: true\n    final_decay: true"),
-    "icot": "    remove_every_steps: 2\n    remove_tokens: 4\n    drop_all_after: 6\n    final_decay: true",
+    # removal 0, 0, 1, 1, 2, 3 over the 6 steps: resets at steps 3 and 5 (1-based), all reasoning gone
+    # (drop_all_after) from step 5, so none at step 6, where the removal still grows
+    "icot": "    remove_every_steps: 5\n    remove_tokens: 3\n    drop_all_after: 2\n    final_decay: true",
 }
 
 
@@ -364,6 +445,9 @@ def test_cli_run_with_latent_stage(method, tmp_path):
     assert [r["step"] for r in lines] == list(range(1, 7))
     assert all({"loss", "latent_steps", "seconds"} <= set(r) for r in lines)
     assert sum(bool(r.get("optimizer_reset")) for r in lines) == 2
+    if method == "icot":
+        assert [r["removed_tokens"] for r in lines] == [0, 0, 1, 1, 2, 3]
+        assert [r["step"] for r in lines if r.get("optimizer_reset")] == [3, 5]
     # the last curriculum step (steps 5-6) decays the learning rate, half way at its second step
     assert [r["lr"] for r in lines[:5]] == [0.001] * 5 and lines[5]["lr"] == pytest.approx(0.0005)
     assert (run_dir / "latent" / "think.jsonl").is_file()

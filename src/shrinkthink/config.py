@@ -227,7 +227,8 @@ class LatentStage(StageBase):
     source: Literal["policy", "gold"] = Field("policy", description="where the reasoning steps come from: policy: the current policy's own verified greedy transcripts (lines of its reasoning; the task's gold steps where it fails); gold: the task's gold steps")
     pool_problems: int = Field(1000, ge=1, description="training problems per level")
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0, description="constant after warm-up; the optimizer is reset at every curriculum step")
+    lr: float = Field(1e-3, gt=0, description="constant after warm-up; the optimizer is reset at every curriculum "
+                                              "step (icot: each token more removed) until the last")
     warmup_steps: int = Field(0, ge=0, description="updates over which lr ramps up after each optimizer reset")
     final_decay: bool = Field(False, description="in the last curriculum step (coconut: every step latent; icot: all reasoning removed), lr falls to 0 on a cosine by the stage's last step")
     max_new_tokens: int = Field(96, ge=1, description="completion cap for evaluation and answering")
@@ -237,22 +238,29 @@ class LatentStage(StageBase):
     steps_per_stage: int = Field(100, ge=1, description="coconut: training steps per curriculum stage [epochs_per_stage, in steps]")
     max_latent_stage: int = Field(3, ge=1, description="coconut: at most this many steps become thoughts one by one; the stage after replaces every step [max_latent_stage]")
     start_stage: int = Field(0, ge=0, description="coconut: curriculum stage to begin at (0: full reasoning between empty <bot><eot> markers)")
-    earlier_stage_share: float = Field(0.0, ge=0, lt=1, description="coconut: share of examples drawn at a random earlier stage, so the model can still reason in language [uniform_prob]")
+    earlier_stage_share: float = Field(
+        0.0, ge=0, lt=1, description="coconut: share of examples built at an earlier stage, uniform over 0..current-1, "
+        "so the model can still reason in language (ours; the paper mixes in every stage: uniform_prob)")
+    uniform_prob: float = Field(
+        0.0, ge=0, le=1, description="coconut: probability that an example is built at a stage drawn uniformly from "
+        "0..its number of steps, later stages included [uniform_prob]; drawn before earlier_stage_share")
     marker_init: str = Field(" ", description="coconut: text whose first token's embedding the new <bot>, <eot>, <thought> start from ('' for the mean embedding, which disrupts a small model)")
     thought_scale: Literal["hidden", "embedding"] = Field("hidden", description="coconut: hidden: feed the last hidden state back as it is (the paper); embedding: rescale it to the mean input-embedding norm (a small model's final-norm output is far longer than its embeddings)")
     thought_targets: bool = Field(False, description="coconut: also train each continuous thought to predict one of the last c tokens of the step it replaces (on arith, its running value), so the thoughts learn what to carry; the paper leaves them unsupervised")
     # iCoT
-    remove_tokens: int = Field(8, ge=1, description="icot: reasoning tokens removed at each schedule step [remove_per_epoch]")
-    remove_every_steps: int = Field(100, ge=1, description="icot: training steps between schedule steps")
+    remove_tokens: int = Field(8, ge=1, description="icot: reasoning tokens removed per remove_every_steps steps, "
+                                                     "a token at a time [remove_per_epoch]")
+    remove_every_steps: int = Field(100, ge=1, description="icot: training steps over which remove_tokens more "
+                                                           "tokens go (our epoch)")
     remove_start: int = Field(0, ge=0, description="icot: tokens removed from the start [remove_start_from]")
     smoothing_lambda: float | None = Field(4.0, gt=0, description="icot: removal smoothing, P(offset o) ∝ exp(-λ o); null turns it off [removal_smoothing_lambda]")
     max_offset: int = Field(8, ge=0, description="icot: largest smoothing offset drawn")
-    drop_all_after: int | None = Field(None, ge=0, description="icot: once the scheduled removal passes this many tokens, remove all reasoning [remove_all_when_remove_beyond]")
+    drop_all_after: int | None = Field(None, ge=0, description="icot: once the scheduled removal reaches this many tokens, remove all reasoning [remove_all_when_remove_beyond]")
 
     @model_validator(mode="after")
     def _method_fields(self):
         coconut_only = {"thoughts_per_step", "steps_per_stage", "max_latent_stage", "start_stage", "earlier_stage_share",
-                        "marker_init", "thought_scale", "thought_targets"}
+                        "uniform_prob", "marker_init", "thought_scale", "thought_targets"}
         icot_only = {"remove_tokens", "remove_every_steps", "remove_start", "smoothing_lambda", "max_offset", "drop_all_after"}
         foreign = (icot_only if self.method == "coconut" else coconut_only) & self.model_fields_set
         if foreign:

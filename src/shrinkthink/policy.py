@@ -190,18 +190,19 @@ class Policy:
             return Samples(completion_ids=[], logprobs=[], finished=[], entropy_sum=0.0, tokens=0)
         was_training = self.model.training
         self.model.eval()
-        model, generic = self.model, False
+        model, generic, banned = self.model, False, frozenset()
         if self.latent and self.latent.get("method") == "coconut":
             from shrinkthink.latent.coconut import ContinuousThoughts, latent_prompts, latent_tokens
 
             tokens = latent_tokens(self.tokenizer)
             prompts = latent_prompts(prompts, tokens, self.latent_steps)
+            banned = frozenset((tokens.bot, tokens.eot, tokens.thought))  # markers, never text
             if self.latent_steps:
                 model, generic = ContinuousThoughts(self.model, tokens.thought), True
         parts = [
             sample(model, prompts[i : i + batch_size], eos_ids=self.eos_ids, pad_id=self.pad_id,
                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
-                   generic=generic, dtype=SAMPLER_DTYPES[dtype])
+                   generic=generic, dtype=SAMPLER_DTYPES[dtype], banned_ids=banned)
             for i in range(0, len(prompts), batch_size)
         ]
         self.model.train(was_training)

@@ -102,10 +102,13 @@ def sample(
     generator: torch.Generator | None = None,
     generic: bool = False,
     dtype: torch.dtype | None = None,
+    banned_ids: set[int] | frozenset[int] = frozenset(),
 ) -> Samples:
     """Sample one completion per prompt (repeat a prompt G times for a group). `generic` forces the
     model's own `forward` instead of the lean Llama-family decoder; `dtype` runs the matmuls in
-    that precision (the lean decoder from weight copies, the generic one under autocast)."""
+    that precision (the lean decoder from weight copies, the generic one under autocast).
+    `banned_ids` are never chosen, greedy or sampled (a latent policy's `<bot>`, `<eot>`,
+    `<thought>`: markers, not text)."""
     device = next(model.parameters()).device
     n = len(prompts)
     lean = not generic and LlamaDecoder.supports(model)
@@ -138,6 +141,7 @@ def sample(
     rows = torch.arange(n, device=device)  # original index of each active row
     done = torch.zeros(n, dtype=torch.bool, device=device)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+    banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=device) if banned_ids else None
     tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logps = torch.zeros((n, max_new_tokens), device=device)
     lengths = torch.zeros(n, dtype=torch.long, device=device)
@@ -161,12 +165,15 @@ def sample(
     active, t = n, -1
     for t in range(max_new_tokens):
         scaled = logits if temperature == 1.0 else logits / temperature
+        if banned is not None:
+            # the lowest finite score, not -inf: probability 0, and the entropy's p * score stays 0
+            scaled.index_fill_(-1, banned, torch.finfo(scaled.dtype).min)
         # Three passes over the vocabulary a step (softmax, the draw's cumsum, one dot product)
         # instead of five: log p(token) from its probability, the entropy as
         # logsumexp - E_p[logit], with logsumexp = logit(token) - log p(token).
         p_all = scaled.softmax(-1)  # [active, V]
         if greedy:
-            token = logits.argmax(-1)
+            token = (logits if banned is None else scaled).argmax(-1)
         elif top_p < 1.0:
             token = draw(top_p_filter(scaled, top_p).softmax(-1), generator)
         else:

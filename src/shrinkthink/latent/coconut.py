@@ -22,6 +22,7 @@ in fewer calls.
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -84,6 +85,22 @@ def stage_plan(n_steps: int, stage: int, thoughts_per_step: int, max_latent_stag
 def thoughts_at(stage: int, thoughts_per_step: int, max_latent_stage: int) -> int:
     """Continuous thoughts a policy at `stage` uses when it answers (independent of the example)."""
     return min(stage, max_latent_stage) * thoughts_per_step
+
+
+def example_stage(phase: int, n_steps: int, rng: random.Random, earlier_stage_share: float = 0.0,
+                  uniform_prob: float = 0.0) -> int:
+    """The curriculum stage one training example of `n_steps` steps is built at while the stage's
+    curriculum is at `phase`. With probability `uniform_prob` any stage, drawn uniformly from
+    0..n_steps (the reference's `uniform_prob` in `get_cot_latent_dataset`: stages past
+    max_latent_stage all mean every step latent, as in `stage_plan`); else, with probability
+    `earlier_stage_share`, an earlier stage, uniform over 0..phase-1 (ours: so the model keeps
+    reasoning in language); else `phase`."""
+    if uniform_prob and rng.random() < uniform_prob:
+        return rng.randrange(n_steps + 1)
+    # one draw whenever phase > 0, even at share 0: the random stream earlier runs were made with
+    if phase > 0 and rng.random() < earlier_stage_share:
+        return rng.randrange(phase)
+    return phase
 
 
 def coconut_example(prompt: list[int], steps: list[list[int]], answer: list[int], stage: int,

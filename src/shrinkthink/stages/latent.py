@@ -4,10 +4,11 @@ reasoning tokens ("distill the knowledge into the forward passes").
 - `method: coconut`: curriculum stage k replaces the first k reasoning steps by k*c continuous
   thoughts (latent/coconut.py); the stage advances every `steps_per_stage` steps. With
   `thought_targets`, each thought also learns to predict one of its step's last c tokens.
-- `method: icot`: the first s reasoning tokens are removed, s growing every `remove_every_steps`
-  steps, with removal smoothing (latent/icot.py).
+- `method: icot`: the first s reasoning tokens are removed, s growing a token at a time,
+  `remove_tokens` every `remove_every_steps` steps, with removal smoothing (latent/icot.py).
 
-Either way the optimizer is reset whenever the curriculum moves on. The reasoning comes from the
+Either way the optimizer is reset whenever the curriculum moves on, until it reaches its last step
+(coconut: every step latent; icot: all reasoning removed). The reasoning comes from the
 policy's own verified greedy transcripts (after a shrink stage, the short ones; a line a step), or
 the task's gold steps where the policy fails or with `source: gold`. The pool is written to
 `latent/<stage>.jsonl` in the run directory, so a resumed run trains on the same one.
@@ -80,9 +81,8 @@ def load_pool(ctx: StageContext, stage: LatentStage) -> tuple[list[Problem], lis
 def lr_factor(stage: LatentStage, step: int, phase_start: int, final_start: int | None) -> float:
     """The share of `lr` at `step`: a linear warm-up after each optimizer reset (at `phase_start`),
     then constant; with `final_decay`, from `final_start`, the first step of the last curriculum
-    step, a cosine down to 0 at the stage's last step. iCoT's removal goes on growing after all
-    reasoning is gone, so its optimizer resets and warms up again inside the decay, which keeps
-    counting from `final_start`."""
+    step, a cosine down to 0 at the stage's last step. No reset happens inside the decay: iCoT's
+    removal goes on growing after all reasoning is gone, but the task no longer changes."""
     warm = min(1.0, (step - phase_start + 1) / stage.warmup_steps) if stage.warmup_steps else 1.0
     if not stage.final_decay or final_start is None or step < final_start:
         return warm
@@ -129,12 +129,12 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
             return icot.scheduled_removal(step, stage.remove_tokens, stage.remove_every_steps, stage.remove_start)
 
         def final(phase: int) -> bool:
-            return phase >= longest or (stage.drop_all_after is not None and phase > stage.drop_all_after)
+            return icot.all_removed(phase, longest, stage.drop_all_after)
 
         def latent_mode(phase: int) -> dict:
             return {"method": "icot", "removed_tokens": phase, "thoughts": 0}
 
-    # the schedule is a function of the step alone, so a resumed run finds the same start
+    # the schedule is a function of the step alone (O(1) a step), so a resumed run finds the same start
     final_start = next((s for s in range(stage.steps) if final(phase_at(s))), None)
     optimizer = make_optimizer(policy, stage.lr)
     start, phase, phase_start = 0, phase_at(0), 0
@@ -153,11 +153,14 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
         rng = random.Random(f"{seed}:{ctx.stage_name}:{step}")
         record: dict = {}
         if phase_at(step) != phase:
-            # a new curriculum step changes the task under the optimizer's moment estimates
-            phase, phase_start = phase_at(step), step
-            optimizer = make_optimizer(policy, stage.lr)
+            # a new curriculum step changes the task under the optimizer's moment estimates; past
+            # the last one (iCoT's removal growing beyond all reasoning) the task stays the same
+            if not final(phase):
+                phase_start = step
+                optimizer = make_optimizer(policy, stage.lr)
+                record["optimizer_reset"] = True
+            phase = phase_at(step)
             policy.latent = latent_mode(phase)
-            record["optimizer_reset"] = True
         for group in optimizer.param_groups:
             group["lr"] = stage.lr * lr_factor(stage, step, phase_start, final_start)
         batch = [rng.randrange(len(problems)) for _ in range(stage.batch_size)]
@@ -165,9 +168,7 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
         if stage.method == "coconut":
             rows, masks, anchors, thoughts, contents = [], [], [], [], []
             for i in batch:
-                at = phase
-                if phase > 0 and rng.random() < stage.earlier_stage_share:
-                    at = rng.randrange(phase)
+                at = coconut.example_stage(phase, len(step_ids[i]), rng, stage.earlier_stage_share, stage.uniform_prob)
                 row, mask = coconut.coconut_example(prompts[i], step_ids[i], answers[i], at, stage.thoughts_per_step,
                                                     stage.max_latent_stage, tokens)
                 rows.append(row)
