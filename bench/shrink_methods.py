@@ -1,6 +1,7 @@
 """Each way of tightening, from one explore checkpoint, for the same budget of steps: one table of
-held-out accuracy, mean reasoning tokens, digression share, share of all-valid transcripts and
-wall time.
+test accuracy with its 95% interval, mean reasoning tokens, digression share, share of all-valid
+transcripts and wall time. Every decision inside the runs (controllers, gates) is made on the
+validation problems; the table's figures come from the test problems.
 
     python bench/shrink_methods.py --base runs/quickstart-...   # a finished quickstart run
     python bench/shrink_methods.py                                # runs warm start + explore first
@@ -9,8 +10,8 @@ Methods (all from the explore checkpoint, except the ablation):
 - ramped_penalty: RL with `correct - lambda * tokens / reference`, lambda doubled each round while
   accuracy holds (the method);
 - penalty_from_start: the ablation the method warns against: explore again from the warm-start
-  checkpoint with the same penalty (the ramp's final lambda) on from its first step, for the
-  explore budget plus this budget;
+  checkpoint with the same penalty (the ramp's final lambda) on from its first step, for as many
+  steps as the base run's explore took plus this budget;
 - shrinking_budget: RL with a token budget that shrinks by 0.8 each round while accuracy holds;
 - critic_finetune: no RL; fine-tune on winners pruned by the ablation critic;
 - paraphrase_finetune: no RL; fine-tune on winners rewritten by the task's paraphraser;
@@ -38,6 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from shrinkthink.config import RunConfig, load_config  # noqa: E402
 from shrinkthink.errors import UserError  # noqa: E402
+from shrinkthink.evaluate import wilson_interval  # noqa: E402
 from shrinkthink.pipeline import run_pipeline  # noqa: E402
 
 METHODS = ["ramped_penalty", "penalty_from_start", "shrinking_budget", "critic_finetune", "paraphrase_finetune",
@@ -51,6 +53,9 @@ def shrink_stage(base: dict, method: str, steps: int) -> dict:
     # every method ends where its budget leaves it (no restore-best), so the table compares the
     # methods themselves
     stage.update(name=method, steps=steps, criteria=[], editors=[], rl=True, restore_best=False)
+    if method in ("ramped_penalty", "group_length"):
+        # a weighted term keeps its weight only without per-group scaling (config.py)
+        stage["learner"] = {**base["learner"], "scale_rewards": "batch"}
     if method == "ramped_penalty":
         stage["criteria"] = [penalty(base)]
     elif method == "shrinking_budget":
@@ -119,8 +124,10 @@ def main() -> int:
         if method == "penalty_from_start":
             # the same penalty, from the first explore step: the ramp's final lambda, held fixed
             lam = lambda_after_ramp or penalty(stages["shrink"])["start"]
-            explore = dict(stages["explore"], name=method, steps=stages["explore"]["steps"] + args.steps,
-                           criteria=[{"name": "length_penalty", "start": lam, "factor": 1.0}])
+            # as many steps as explore took plus this budget, with no gate to end it sooner
+            explore = dict(stages["explore"], name=method, steps=explored["steps"] + args.steps, gate={},
+                           criteria=[{"name": "length_penalty", "start": lam, "factor": 1.0}],
+                           learner={**stages["explore"]["learner"], "scale_rewards": "batch"})
             model, stage = str(warm_checkpoint), explore
         else:
             model, stage = str(explore_checkpoint), shrink_stage(stages["shrink"], method, args.steps)
@@ -134,23 +141,34 @@ def main() -> int:
         entry = summary["stages"][-1]
         if method == "ramped_penalty":
             lambda_after_ramp = entry["controllers"]["length_penalty"]["value"]
-        rows.append({"method": method, "accuracy": entry["accuracy"], "mean_reasoning_tokens": entry["mean_reasoning_tokens"],
+        rows.append({"method": method, "accuracy": entry["accuracy"], "test_problems": entry["test_problems"],
+                     "validation_accuracy": entry["validation_accuracy"],
+                     "mean_reasoning_tokens": entry["mean_reasoning_tokens"],
                      "digression_share": entry["digression_share"], "valid_step_share": entry.get("valid_step_share"),
                      "seconds": time.time() - began, "steps": entry["steps"],
                      "by_level": entry["accuracy_by_level"]})
         print(json.dumps(rows[-1]), flush=True)
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
-    print(f"base: {base} (explore: accuracy {explored['accuracy']:.3f}, reasoning tokens "
-          f"{explored['mean_reasoning_tokens']:.1f}, digression {explored['digression_share']:.3f}, "
-          f"valid {explored.get('valid_step_share')})")
-    header = f"{'method':<20} {'accuracy':>8} {'reason tok':>10} {'tok vs explore':>14} {'digression':>10} {'all valid':>9} {'seconds':>8}"
+    low, high = wilson_interval(explored["accuracy"], explored["test_problems"])
+    print(f"base: {base} (explore: test accuracy {explored['accuracy']:.3f} [{low:.3f}, {high:.3f}] on "
+          f"{explored['test_problems']} problems, reasoning tokens {explored['mean_reasoning_tokens']:.1f}, "
+          f"digression {explored['digression_share']:.3f}, valid {explored.get('valid_step_share')})")
+    header = (f"{'method':<20} {'accuracy':>8} {'95% interval':>13} {'reason tok':>10} {'tok vs explore':>14} "
+              f"{'digression':>10} {'all valid':>9} {'seconds':>8}")
     print(header + "\n" + "-" * len(header))
     for r in rows:
         valid = "-" if r["valid_step_share"] is None else f"{r['valid_step_share']:.2f}"
-        print(f"{r['method']:<20} {r['accuracy']:>8.3f} {r['mean_reasoning_tokens']:>10.1f} "
+        low, high = wilson_interval(r["accuracy"], r["test_problems"])
+        print(f"{r['method']:<20} {r['accuracy']:>8.3f} {f'{low:.3f}-{high:.3f}':>13} {r['mean_reasoning_tokens']:>10.1f} "
               f"{r['mean_reasoning_tokens'] / explored['mean_reasoning_tokens']:>14.2f} "
               f"{r['digression_share']:>10.3f} {valid:>9} {r['seconds']:>8.0f}")
+    by_method = {r["method"]: r for r in rows}
+    if {"ramped_penalty", "penalty_from_start"} <= set(by_method):
+        ramped, early = by_method["ramped_penalty"], by_method["penalty_from_start"]
+        print(f"ramped after convergence - from the first explore step: "
+              f"{100 * (ramped['accuracy'] - early['accuracy']):+.1f} accuracy points, "
+              f"{ramped['mean_reasoning_tokens'] - early['mean_reasoning_tokens']:+.1f} reasoning tokens")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"explore": explored, "rows": rows}, indent=2))
     print(yaml.safe_dump({"steps": args.steps}).strip())

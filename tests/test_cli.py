@@ -117,6 +117,7 @@ SHRINK = SMALL + """\
     steps: 1
     criteria: [{name: length_penalty}]
     editors: [{name: ablation_critic}]
+    learner: {scale_rewards: batch}
 """
 
 

@@ -111,6 +111,23 @@ def test_bad_combinations_are_rejected_naming_the_field(small: Path) -> None:
     assert "stages.1.gate.patience" in error_of(small, "stages.1.gate.patience=0")
 
 
+def test_shaping_terms_that_cannot_work_are_rejected_naming_the_field(small: Path) -> None:
+    # a ramp from 0 stays at 0
+    assert "stages.1.criteria.0.start: Input should be greater than 0" in error_of(
+        small, "stages.1.criteria=[{name: length_penalty, start: 0}]")
+    # a cap no completion can reach never punishes
+    overlong = error_of(small, "stages.1.sampling.max_new_tokens=64", "stages.1.criteria=[{name: overlong, max_tokens: 80}]")
+    assert overlong.startswith(f"{small}: stages.1") and "criteria.0.max_tokens (80) is above sampling.max_new_tokens (64)" in overlong
+    assert "criteria.0.cache_tokens (40) must be below max_tokens (32)" in error_of(
+        small, "stages.1.criteria=[{name: overlong, max_tokens: 32, cache_tokens: 40}]")
+    load_config(small, ["stages.1.criteria=[{name: overlong, max_tokens: 64}]"])  # at the cap: fine
+    # per-group std scaling makes any lambda an order-one advantage in an all-correct group
+    scaled = error_of(small, "stages.1.criteria=[{name: length_penalty}]")
+    assert scaled.startswith(f"{small}: stages.1") and "learner.scale_rewards: 'group' rescales criteria.0" in scaled
+    for scale in ("batch", "none"):
+        load_config(small, ["stages.1.criteria=[{name: length_penalty}]", f"stages.1.learner.scale_rewards={scale}"])
+
+
 @pytest.mark.parametrize(("override", "words"), [
     ("stages.5.steps=1", "'stages.5.steps': '5' is not an index of a 2-item list"),
     ("stages.first.steps=1", "'first' is not an index"),

@@ -1,5 +1,6 @@
-"""Criteria and their controllers: ramp and back-off on scripted accuracy sequences, every reward
-term on hand-computed values, the strict step checkers of the built-in tasks, and the Lean
+"""Criteria and their controllers: ramp and back-off on scripted sequences of held rounds, the
+paired decision that a dip the size of the noise is not a drop, every reward term on
+hand-computed values, length terms on correct answers only, the strict step checkers of the built-in tasks, and the Lean
 checker (with a fake `lean`, since Lean cannot be installed here)."""
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from shrinkthink.criteria import (
     Batch,
     Controller,
     Format,
+    Overlong,
     GroupLength,
     LeanChecker,
     LengthPenalty,
     ShortestCorrect,
     StepValidity,
     TokenBudget,
+    accuracy_held,
     apply_criteria,
     format_ok,
     overlong_penalty,
@@ -37,56 +40,119 @@ def episode(correct: float, tokens: int, text: str = "Answer: 1", completion: in
 
 
 # --- controllers ----------------------------------------------------------------------------
-def test_length_penalty_ramps_while_accuracy_holds_and_backs_off_when_it_dips() -> None:
-    penalty = LengthPenalty(start=0.01, factor=2.0, backoff=0.5, max_value=1.0, tolerance=0.01)
+def test_length_penalty_ramps_while_accuracy_holds_and_backs_off_when_it_drops() -> None:
+    penalty = LengthPenalty(start=0.01, factor=2.0, backoff=0.5, max_value=1.0)
     values = []
-    for accuracy in [0.90, 0.895, 0.91, 0.85, 0.90, 0.70]:  # reference 0.90, tolerance 1 point
-        update_controllers([penalty], accuracy, reference=0.90)
+    for held in [True, True, True, False, True, False]:
+        update_controllers([penalty], held)
         values.append(round(penalty.controller.value, 6))
     assert values == [0.02, 0.04, 0.08, 0.04, 0.08, 0.04]
     assert penalty.controller.rounds == 6 and penalty.controller.last == "back_off"
 
 
-def test_token_budget_shrinks_while_accuracy_holds_and_grows_back_when_it_dips() -> None:
-    budget = TokenBudget(start_tokens=100, factor=0.8, backoff=1.25, min_tokens=60, tolerance=0.0)
+def test_token_budget_shrinks_while_accuracy_holds_and_grows_back_when_it_drops() -> None:
+    budget = TokenBudget(start_tokens=100, factor=0.8, backoff=1.25, min_tokens=60)
     values = []
-    for accuracy in [0.5, 0.5, 0.4, 0.5, 0.5, 0.5]:
-        budget.controller.update(accuracy, 0.5)
+    for held in [True, True, False, True, True, True]:
+        budget.controller.update(held)
         values.append(round(budget.controller.value, 6))
     assert values == [80.0, 64.0, 80.0, 64.0, 60.0, 60.0]  # floored at min_tokens
 
 
 def test_controller_state_round_trips() -> None:
-    a = Controller(1.0, 2.0, 0.5, 0.01)
-    a.update(1.0, 1.0)
-    b = Controller(1.0, 2.0, 0.5, 0.01)
+    a = Controller(1.0, 2.0, 0.5)
+    a.update(True)
+    b = Controller(1.0, 2.0, 0.5)
     b.load_state_dict(a.state_dict())
     assert (b.value, b.rounds, b.last) == (2.0, 1, "tighten")
+
+
+def scores(correct: int, n: int = 100) -> list[float]:
+    return [1.0] * correct + [0.0] * (n - correct)
+
+
+def test_a_dip_the_size_of_the_noise_is_not_a_drop_and_a_real_drop_is() -> None:
+    reference = scores(90)  # 90 of 100 validation problems at the stage's start
+    # noise: 5 problems lost, 3 others gained (2 points down, past a 1-point tolerance)
+    noisy = reference.copy()
+    for i in range(5):
+        noisy[i] = 0.0
+    for i in range(90, 93):
+        noisy[i] = 1.0
+    assert sum(noisy) == 88
+    # paired differences: five +1, three -1; mean 0.02, sd 0.28, standard error 0.028
+    assert accuracy_held(noisy, reference, tolerance=0.01, z=2.0)
+    # the old rule, any drop past the tolerance, would have backed off on it
+    assert not accuracy_held(noisy, reference, tolerance=0.01, z=0.0)
+    # a real drop: 20 problems lost, none gained (mean 0.2, standard error 0.04)
+    dropped = scores(70)
+    assert not accuracy_held(dropped, reference, tolerance=0.01, z=2.0)
+    # the same evaluation twice is no drop; a gain is never a drop
+    assert accuracy_held(reference, reference, tolerance=0.0, z=2.0)
+    assert accuracy_held(scores(100), reference, tolerance=0.0, z=2.0)
+
+
+def test_a_scripted_sequence_steers_the_controller_by_signal_only() -> None:
+    reference = scores(90)
+    penalty = LengthPenalty(start=0.01, factor=2.0, backoff=0.5, max_value=1.0)
+    noisy = [0.0] * 4 + [1.0] * 86 + [1.0] * 3 + [0.0] * 7  # 89 correct: 4 lost, 3 gained
+    for evaluation in [reference, noisy, scores(60), noisy]:
+        update_controllers([penalty], accuracy_held(evaluation, reference, 0.01, 2.0))
+    assert round(penalty.controller.value, 6) == 0.04  # x2, x2, x0.5, x2
+    assert penalty.controller.last == "tighten"
 
 
 # --- reward terms ----------------------------------------------------------------------------
 def test_rewards_compose_gates_multiply_and_penalties_add() -> None:
     episodes = [episode(1.0, 10), episode(1.0, 30), episode(0.0, 5)]
     task = make_task("arith")
-    penalty = LengthPenalty(0.2, 2.0, 0.5, 1.0, 0.01)
-    budget = TokenBudget(20, 0.8, 1.25, 0, 0.01)
+    penalty = LengthPenalty(0.2, 2.0, 0.5, 1.0)
+    budget = TokenBudget(20, 0.8, 1.25, 0)
     apply_criteria([penalty, budget], Batch(episodes, [[0, 1, 2]], task, reference_tokens=20))
-    # correct * (tokens <= 20) - 0.2 * tokens / 20
-    assert [round(e.reward, 6) for e in episodes] == [0.9, -0.3, -0.05]
+    # correct * (tokens <= 20) - 0.2 * tokens / 20 on correct answers; the wrong one gets nothing
+    assert [round(e.reward, 6) for e in episodes] == [0.9, -0.3, 0.0]
+    assert [e.outcome for e in episodes] == [1.0, 0.0, 0.0]  # correctness times the gates
     assert episodes[1].components == {"correct": 1.0, "length_penalty": pytest.approx(-0.3), "token_budget": 0.0}
+
+
+@pytest.mark.parametrize("criterion", [LengthPenalty(0.5, 2.0, 0.5, 1.0), GroupLength(1.0), ShortestCorrect(1.0)],
+                         ids=["length_penalty", "group_length", "shortest_correct"])
+def test_a_wrong_answer_never_gains_by_being_short(criterion) -> None:
+    wrong = [episode(0.0, 3), episode(0.0, 40), episode(0.0, 12)]
+    assert criterion(Batch(wrong, [[0, 1, 2]], make_task("arith"), reference_tokens=10)) == [0.0, 0.0, 0.0]
+    mixed = [episode(1.0, 20), episode(1.0, 10), episode(0.0, 2), episode(0.0, 50)]
+    values = criterion(Batch(mixed, [[0, 1, 2, 3]], make_task("arith"), reference_tokens=10))
+    assert values[2] == values[3] == 0.0 and values[1] > values[0]
+
+
+def test_token_budget_starts_above_nearly_every_correct_transcript() -> None:
+    lengths = list(range(10, 110))  # correct transcripts of 10..109 tokens, mean 59.5
+    episodes = [episode(1.0, n) for n in lengths] + [episode(0.0, 500)]
+    budget = TokenBudget(None, 0.8, 1.25, 0, start_percentile=95)
+    gates = budget(Batch(episodes, [list(range(len(episodes)))], make_task("arith"), reference_tokens=59.5))
+    assert budget.controller.value == pytest.approx(104.05)  # the 95th percentile, not the mean
+    assert sum(gates[:100]) == 95  # the first round passes 95 of the 100 correct transcripts
+    budget.controller.update(True)
+    assert budget.controller.value == pytest.approx(104.05 * 0.8)
+
+
+def test_overlong_applies_to_every_transcript_as_dapo() -> None:
+    long = Episode(problem=Problem(id="p", prompt="q", answer="1"), prompt_ids=[1], completion_ids=[0] * 100,
+                   logprobs=[], text="", finished=False, components={"correct": 0.0})
+    assert Overlong(100, 20)(Batch([long], [[0]], make_task("arith"), 1.0)) == [-1.0]
 
 
 def test_group_length_reward_is_kimi_k15() -> None:
     episodes = [episode(1.0, 10), episode(1.0, 20), episode(0.0, 30), episode(0.0, 15)]
     values = GroupLength(weight=1.0)(Batch(episodes, [[0, 1, 2, 3]], make_task("arith"), 1.0))
-    # lam = 0.5 - (len - 10) / 20: 0.5, 0, -0.5, 0.25; wrong answers get min(0, lam)
-    assert values == pytest.approx([0.5, 0.0, -0.5, 0.0])
+    # lam = 0.5 - (len - 10) / 20 over the whole group: 0.5, 0 for the correct answers; wrong ones 0
+    assert values == pytest.approx([0.5, 0.0, 0.0, 0.0])
 
 
 def test_shortest_correct_targets_the_groups_shortest_correct_length() -> None:
     episodes = [episode(1.0, 10), episode(1.0, 20), episode(0.0, 4)]
     values = ShortestCorrect(weight=1.0)(Batch(episodes, [[0, 1, 2]], make_task("arith"), reference_tokens=10))
-    assert values == pytest.approx([0.0, -1.0, -0.6])
+    assert values == pytest.approx([0.0, -1.0, 0.0])
 
 
 def test_overlong_penalty_is_dapos_soft_punishment() -> None:

@@ -36,7 +36,7 @@ def test_problems_follow_the_weights_and_interleave(mix) -> None:
 
 def test_each_dataset_climbs_its_own_levels(mix) -> None:
     assert mix.max_level == 3
-    chain = [p for p in mix.problems(3, 24, "train") if p.metadata["dataset"] == "chain_sum"]
+    chain = [p for p in mix.problems(3, 96, "train") if p.metadata["dataset"] == "chain_sum"]
     assert all(p.metadata["level"] == 3 for p in chain)
     assert any(p.prompt.count("+") == 2 for p in chain)  # level 3: up to three terms
     legs = [p for p in mix.problems(3, 24, "train") if p.metadata["dataset"] == "leg_counting"]

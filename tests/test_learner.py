@@ -10,7 +10,8 @@ import random
 import pytest
 import torch
 
-from shrinkthink.config import LearnerConfig
+from shrinkthink.config import LearnerConfig, LoraConfig, ModelConfig
+from shrinkthink.criteria import Batch, LengthPenalty, apply_criteria
 from shrinkthink.learners import Learner, make_optimizer, supervised_step
 from shrinkthink.learners.batch import (
     completion_log_softmax,
@@ -20,7 +21,7 @@ from shrinkthink.learners.batch import (
     random_positions,
     token_entropy,
 )
-from shrinkthink.learners.losses import clipped_policy_loss
+from shrinkthink.learners.losses import clipped_policy_loss, group_advantages
 from shrinkthink.model import tiny_policy
 from shrinkthink.policy import Policy
 from shrinkthink.records import Episode, Problem
@@ -74,15 +75,23 @@ def train(name: str, steps: int, *, lr: float = 3e-3, max_new_tokens: int = 3, s
             # The answer is the first character, so every attempt is complete once it has one;
             # expert iteration only keeps finished winners.
             episodes.append(Episode(problem=problems[i // size], prompt_ids=prompts[i // size], completion_ids=ids,
-                                    logprobs=logprobs, text=text, finished=True, reward=reward,
+                                    logprobs=logprobs, text=text, finished=True, reward=reward, outcome=reward,
                                     components={"correct": reward}))
         groups = [list(range(g * size, (g + 1) * size)) for g in range(len(problems))]
         stats = learner.update(episodes, groups)
-        assert stats["trained_episodes"] >= 0
+        assert stats["trained_episodes"] == trained(name, episodes, groups)
         rewards.append(sum(e.reward for e in episodes) / len(episodes))
     if check is not None:
         check(policy)
     return rewards
+
+
+def trained(name: str, episodes: list[Episode], groups: list[list[int]]) -> int:
+    """The episodes an update without a KL term trains on: expert iteration's distinct finished
+    winners; GRPO's and RLOO's episodes of groups whose rewards vary (the others' advantage is 0)."""
+    if name == "expert_iteration":
+        return len({(e.problem.id, tuple(e.completion_ids)) for e in episodes if e.outcome >= 1 and e.finished})
+    return sum(len(g) for g in groups if len({episodes[i].reward for i in g}) > 1)
 
 
 def mean(values: list[float]) -> float:
@@ -155,8 +164,9 @@ def episodes_of_different_lengths(policy: Policy, n: int = 8) -> tuple[list[Epis
     return episodes, advantages
 
 
-def loss_and_grad(policy: Policy, episodes: list[Episode], advantages: torch.Tensor):
-    """The learner's loss on one packed batch, and the gradient it leaves on the parameters."""
+def loss_and_grad(policy: Policy, episodes: list[Episode], advantages: torch.Tensor, **options):
+    """The learner's loss on one packed batch, and the gradient it leaves on the parameters.
+    `options`: more of `clipped_policy_loss`'s arguments."""
     ids, attention, predictor, mask = pack([e.prompt_ids for e in episodes], [e.completion_ids for e in episodes],
                                            policy.pad_id, "cpu")
     old = torch.zeros(mask.shape)
@@ -164,7 +174,7 @@ def loss_and_grad(policy: Policy, episodes: list[Episode], advantages: torch.Ten
         old[row, : len(episode.logprobs)] = torch.tensor(episode.logprobs)
     policy.model.zero_grad(set_to_none=True)
     logprobs = completion_logprobs(policy.model, ids, attention, predictor)
-    loss, stats = clipped_policy_loss(logprobs, old, advantages, mask, 0.2, 0.28)
+    loss, stats = clipped_policy_loss(logprobs, old, advantages, mask, 0.2, 0.28, **options)
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in policy.model.parameters()])
     return loss.item(), grads, stats
@@ -226,21 +236,128 @@ def test_a_batch_run_by_run_updates_the_weights_as_the_whole_batch_does(monkeypa
         supervised_step(policy, optimizer, [e.prompt_ids for e in episodes], [e.completion_ids for e in episodes],
                         position_span=40.0, generator=torch.Generator().manual_seed(0))
 
-    def grpo(policy: Policy) -> None:
+    def grpo(policy: Policy, aggregation: str = "token") -> None:
         episodes, _ = episodes_of_different_lengths(policy)
         for i, episode in enumerate(episodes):
-            episode.reward = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0][i]
-        learner = Learner(policy, LearnerConfig(group_size=4, problems_per_step=2))
+            episode.reward = REWARDS[i]
+        config = LearnerConfig(group_size=4, problems_per_step=2, loss_aggregation=aggregation)
+        learner = Learner(policy, config, max_new_tokens=12)
         learner.optimizer = torch.optim.SGD(policy.model.parameters(), lr=1.0)
         learner.schedule = torch.optim.lr_scheduler.LambdaLR(learner.optimizer, lambda update: 1.0)
         learner.update(episodes, [[0, 1, 2, 3], [4, 5, 6, 7]])
 
-    for update in (finetune, grpo):
+    by_sequence, by_constant = (lambda policy, a=a: grpo(policy, a) for a in ("sequence", "constant"))
+    for update in (finetune, grpo, by_sequence, by_constant):
         start = parameters_after(lambda policy: None, in_three_runs, monkeypatch)
         whole = parameters_after(update, lambda lengths: [list(range(len(lengths)))], monkeypatch)
         runs = parameters_after(update, in_three_runs, monkeypatch)
         assert not torch.allclose(whole, start)
         assert torch.allclose(runs, whole, atol=1e-6, rtol=1e-5)
+
+
+REWARDS = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]  # two groups of 4, each with a signal
+
+
+def test_the_learner_loss_is_the_whole_batch_loss_for_every_aggregation(monkeypatch) -> None:
+    """Cut into three runs, the learner's loss adds up to `clipped_policy_loss` on the whole batch
+    under each `loss_aggregation`; on these mixed lengths (3 to 10 tokens) the three differ."""
+    monkeypatch.setattr("shrinkthink.learners.length_buckets", lambda lengths, device: in_three_runs(lengths))
+    losses = {}
+    for aggregation in ("token", "sequence", "constant"):
+        model, tokenizer = tiny_policy(depth=2, seed=0)
+        policy = Policy(model.eval(), tokenizer)
+        episodes, _ = episodes_of_different_lengths(policy)
+        for episode, reward in zip(episodes, REWARDS):
+            episode.reward = reward
+        advantages = group_advantages(torch.tensor(REWARDS).view(2, 4)).flatten()
+        expected, _, _ = loss_and_grad(policy, episodes, advantages, aggregation=aggregation, max_tokens=12)
+        config = LearnerConfig(group_size=4, problems_per_step=2, loss_aggregation=aggregation)
+        learner = Learner(policy, config, max_new_tokens=12)
+        losses[aggregation] = learner.update(episodes, [[0, 1, 2, 3], [4, 5, 6, 7]])["loss"]
+        assert losses[aggregation] == pytest.approx(expected, abs=1e-6)
+    assert min(abs(a - b) for a, b in [(losses["token"], losses["sequence"]), (losses["token"], losses["constant"]),
+                                       (losses["sequence"], losses["constant"])]) > 1e-3
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        Learner(policy, LearnerConfig(loss_aggregation="constant"))
+
+
+def sampled_groups(policy: Policy, dtype: str = "model") -> tuple[list[Episode], list[list[int]]]:
+    """4 groups of 4 completions sampled at the sampler's `dtype`, with the sampler's log-probabilities;
+    rewards alternate, so every episode trains."""
+    texts = ["1+2=?", "12+7+30=?", "3=?", "99+1+2+3+4=?"]
+    prompts = [policy.prompt_ids(t) for t in texts for _ in range(4)]
+    torch.manual_seed(0)
+    samples = policy.sample(prompts, max_new_tokens=12, dtype=dtype)
+    episodes = [Episode(problem=Problem(id=str(i // 4), prompt=texts[i // 4], answer="0"), prompt_ids=prompt,
+                        completion_ids=ids, logprobs=logprobs, text="", finished=True, reward=float(i % 2))
+                for i, (prompt, ids, logprobs) in enumerate(zip(prompts, samples.completion_ids, samples.logprobs))]
+    return episodes, [list(range(g * 4, g * 4 + 4)) for g in range(4)]
+
+
+def ratio_deviations(monkeypatch) -> list[float]:
+    """Filled by each update of the learner: the mean |ratio - 1| over the completion tokens its
+    loss sees (the batch in one run: one loss an update)."""
+    seen: list[float] = []
+
+    def spy(logprobs, old, advantages, mask, *args, **kwargs):
+        seen.append(((logprobs.detach() - old).exp() - 1).abs()[mask].mean().item())
+        return clipped_policy_loss(logprobs, old, advantages, mask, *args, **kwargs)
+
+    monkeypatch.setattr("shrinkthink.learners.clipped_policy_loss", spy)
+    monkeypatch.setattr("shrinkthink.learners.length_buckets", lambda lengths, device: [list(range(len(lengths)))])
+    return seen
+
+
+def check_the_ratio_starts_at_one(policy: Policy, monkeypatch, sampler_dtype: str = "model",
+                                  learner_dtype: str = "model") -> None:
+    """Two inner epochs on sampled groups: 1 on every token at the first (float32 rounding is
+    1e-7 here; bfloat16's, 5e-4); the logged `ratio_deviation` is that first epoch's, not the
+    second's, after the policy moved."""
+    episodes, groups = sampled_groups(policy, sampler_dtype)
+    deviations = ratio_deviations(monkeypatch)
+    config = LearnerConfig(group_size=4, problems_per_step=4, dtype=learner_dtype, inner_epochs=2, lr=1e-2,
+                           warmup_steps=0)
+    stats = Learner(policy, config, sampler_dtype=sampler_dtype).update(episodes, groups)
+    assert len(deviations) == 2
+    assert deviations[0] < 1e-5
+    assert stats["ratio_deviation"] == pytest.approx(deviations[0], abs=1e-7)
+    assert deviations[1] > 1e-3
+
+
+@pytest.mark.parametrize("sampler_dtype, learner_dtype",
+                         [("model", "model"), ("bfloat16", "bfloat16"), ("bfloat16", "model"), ("model", "bfloat16")])
+def test_the_ratio_starts_at_one(sampler_dtype: str, learner_dtype: str, monkeypatch) -> None:
+    """Before the first update the policy is the sampler's, so is every token's probability. A
+    bfloat16 sampler or learner computes them differently: the learner recomputes the old ones."""
+    model, tokenizer = tiny_policy(depth=2, seed=0)
+    check_the_ratio_starts_at_one(Policy(model, tokenizer), monkeypatch, sampler_dtype, learner_dtype)
+
+
+def test_lora_dropout_does_not_move_the_ratio_off_one(monkeypatch) -> None:
+    """The sampler draws from the model without dropout; with dropout 0.5 on the adapters'
+    input, a learner in training mode saw a mean |ratio - 1| of 0.17 before any update."""
+    pytest.importorskip("peft")
+    config = ModelConfig(kind="tiny", depth=2, lora=LoraConfig(r=4, alpha=8, dropout=0.5))
+    policy = Policy.from_config(config, torch.device("cpu"))
+    with torch.no_grad():  # peft starts B at zero (a no-op adapter, dropout or not); make the adapters matter
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    check_the_ratio_starts_at_one(policy, monkeypatch)
+
+
+def test_expert_iteration_keeps_correct_winners_under_an_additive_shaping_term() -> None:
+    model, tokenizer = tiny_policy(depth=2, seed=0)
+    policy = Policy(model, tokenizer)
+    episodes, _ = episodes_of_different_lengths(policy)
+    for i, episode in enumerate(episodes):
+        episode.finished, episode.reasoning_tokens = True, len(episode.completion_ids)
+        episode.components = {"correct": float(i % 2 == 0)}
+    # every correct transcript pays a length penalty, so no reward reaches the threshold of 1
+    apply_criteria([LengthPenalty(0.1, 2.0, 0.5, 1.0)], Batch(episodes, [list(range(8))], FirstDigitTask(), 5.0))
+    assert max(e.reward for e in episodes) < 1.0
+    stats = Learner(policy, LearnerConfig(name="expert_iteration")).update(episodes, [list(range(8))])
+    assert stats["trained_episodes"] == 4  # the four correct ones: correctness decides, not the shaped reward
 
 
 def test_zero_advantage_groups_are_skipped_unless_a_reference_needs_them() -> None:
@@ -253,9 +370,13 @@ def test_zero_advantage_groups_are_skipped_unless_a_reference_needs_them() -> No
     stats = Learner(policy, LearnerConfig(group_size=4, problems_per_step=2)).update(episodes, groups)
     assert stats["trained_episodes"] == 4
     before = [p.detach().clone() for p in policy.model.parameters()]
-    stats = Learner(policy, LearnerConfig(group_size=4, problems_per_step=2, kl_coef=0.1)).update(episodes, groups)
-    assert stats["trained_episodes"] == 8 and stats["kl"] >= 0
+    learner = Learner(policy, LearnerConfig(group_size=4, problems_per_step=2, kl_coef=0.1, lr=1e-2, warmup_steps=0))
+    stats = learner.update(episodes, groups)
+    # the reference is a copy of the policy: k3 of equal log-probabilities is 0 (up to rounding)
+    assert stats["trained_episodes"] == 8 and stats["kl"] < 1e-9
     assert any(not torch.equal(b, p) for b, p in zip(before, policy.model.parameters()))
+    # the update moved the policy off the reference: k3 = e^x - x - 1 > 0 wherever x != 0
+    assert learner.update(episodes, groups)["kl"] > 1e-6
 
 
 @pytest.mark.parametrize("dtype, expected", [("model", torch.float32), ("bfloat16", torch.bfloat16)])
@@ -269,7 +390,8 @@ def test_learner_dtype_runs_the_update_under_autocast(dtype: str, expected: torc
     hook = policy.model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     Learner(policy, LearnerConfig(group_size=4, problems_per_step=1, dtype=dtype)).update(episodes, [[0, 1, 2, 3]])
     hook.remove()
-    assert seen == [expected]
+    # in bfloat16 the old log-probabilities are recomputed first, by the same forward; in float32 not
+    assert seen == [expected] * (1 if dtype == "model" else 2)
     assert all(p.dtype == torch.float32 for p in policy.model.parameters())
 
 

@@ -1,6 +1,7 @@
 """The learners' math on hand-computed values: GRPO and RLOO advantages, the clipped token-level
-surrogate (both sides of the clip range, both signs of advantage), the k3 KL term, the entropy
-bonus, and the supervised cross-entropy."""
+surrogate (both sides of the clip range, both signs of advantage), its three aggregations over a
+batch and their shares of a split one, the k3 KL term, the entropy bonus, and the supervised
+cross-entropy."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from shrinkthink.learners.batch import token_entropy
 from shrinkthink.learners.losses import (
+    aggregation_weights,
     clipped_policy_loss,
     group_advantages,
     rloo_advantages,
@@ -31,13 +33,44 @@ def test_group_advantages_scaled_by_std() -> None:
 def test_group_advantages_without_std_are_centred_rewards() -> None:
     rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [3.0, 1.0, 2.0, 2.0]])
     expected = torch.tensor([[0.75, -0.25, -0.25, -0.25], [1.0, -1.0, 0.0, 0.0]])
-    assert torch.allclose(group_advantages(rewards, scale_by_std=False), expected)
+    assert torch.allclose(group_advantages(rewards, scale="none"), expected)
 
 
-@pytest.mark.parametrize("scale_by_std", [True, False])
-def test_group_of_equal_rewards_gets_zero_advantage(scale_by_std: bool) -> None:
+def test_batch_scaled_advantages_divide_by_the_whole_batchs_std() -> None:
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [3.0, 1.0, 2.0, 2.0]])
+    # the eight rewards: mean 9/8, unbiased std sqrt((sum of squares 19 - 8 * (9/8)^2) / 7)
+    std = math.sqrt((19 - 8 * (9 / 8) ** 2) / 7)
+    expected = torch.tensor([[0.75, -0.25, -0.25, -0.25], [1.0, -1.0, 0.0, 0.0]]) / (std + 1e-4)
+    assert torch.allclose(group_advantages(rewards, scale="batch"), expected, atol=1e-6)
+
+
+def shaped_rewards(lam: float) -> torch.Tensor:
+    """Rewards of two groups under a length penalty `lam * tokens / 20`: group 0 all correct
+    (10, 20, 30, 40 tokens), group 1 half correct (correct: 20 and 20 tokens)."""
+    group0 = [1.0 - lam * n / 20 for n in (10, 20, 30, 40)]
+    group1 = [1.0 - lam * 20 / 20, 0.0, 1.0 - lam * 20 / 20, 0.0]
+    return torch.tensor([group0, group1])
+
+
+def test_a_tiny_length_penalty_is_tiny_unless_advantages_are_scaled_per_group() -> None:
+    def all_correct_group(lam: float, scale: str) -> torch.Tensor:
+        return group_advantages(shaped_rewards(lam), scale=scale)[0]
+
+    # no scaling: the all-correct group's advantages are -lam * (tokens - 25) / 20, a thousandth for 1e-3
+    assert torch.allclose(all_correct_group(1.0, "none"), torch.tensor([0.75, 0.25, -0.25, -0.75]))
+    assert torch.allclose(all_correct_group(1e-3, "none"), 1e-3 * all_correct_group(1.0, "none"), atol=1e-6)
+    # one scale for the batch: the half-correct group sets it, so lambda keeps its size
+    ratio = all_correct_group(1e-3, "batch") / all_correct_group(1.0, "batch")
+    assert torch.all((ratio > 0.5e-3) & (ratio < 2e-3)), ratio
+    # per-group scaling: lambda 1e-3 pushes about as hard as lambda 1 (the defect config.py rejects)
+    ratio = all_correct_group(1e-3, "group") / all_correct_group(1.0, "group")
+    assert torch.all(ratio > 0.5), ratio
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_group_of_equal_rewards_gets_zero_advantage(scale: str) -> None:
     rewards = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
-    advantages = group_advantages(rewards, scale_by_std=scale_by_std)
+    advantages = group_advantages(rewards, scale=scale)
     assert torch.equal(advantages, torch.zeros_like(rewards))
 
 
@@ -71,6 +104,7 @@ def test_clipped_loss_hand_values_inside_and_outside_the_clip_range() -> None:
     per_token = [-1.1, -1.28, -0.5, 1.5, 0.8]
     assert loss.item() == pytest.approx(sum(per_token) / 5, abs=1e-6)
     assert stats["clip_fraction"] == pytest.approx(2 / 5)
+    assert stats["ratio_deviation"] == pytest.approx((0.1 + 0.5 + 0.5 + 0.5 + 0.5) / 5)  # not the padding's 99
     assert "kl" not in stats
 
     # A clipped token passes no gradient; an unclipped one passes -A * ratio / tokens.
@@ -95,6 +129,59 @@ def test_loss_is_a_token_level_mean_not_a_mean_of_sequence_means() -> None:
     loss, stats = clipped_policy_loss(new, old, torch.tensor([1.0, -1.0]), mask)
     assert loss.item() == pytest.approx((-3 + 1) / 4)  # a per-sequence mean would give 0
     assert stats["clip_fraction"] == 0.0
+
+
+# Three completions of 3, 1 and 2 tokens at ratio 1 (one padded column after row 1's token, two
+# after row 2's); advantages +1, -1, +0.5, so the token losses are -1 -1 -1 | +1 | -0.5 -0.5.
+LENGTHS_MASK = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)
+MIXED_ADVANTAGES = torch.tensor([1.0, -1.0, 0.5])
+# token: (-3 + 1 - 1) / 6 tokens; sequence: (-3/3 + 1/1 - 1/2) / 3 sequences;
+# constant: (-3 + 1 - 1) / (3 sequences * max_tokens 4)
+AGGREGATED = {"token": -3 / 6, "sequence": -0.5 / 3, "constant": -3 / 12}
+
+
+@pytest.mark.parametrize("aggregation", ["token", "sequence", "constant"])
+def test_loss_aggregations_hand_values(aggregation: str) -> None:
+    new, old = ratios_as_logprobs([[1.0] * 3] * 3)
+    loss, stats = clipped_policy_loss(new, old, MIXED_ADVANTAGES, LENGTHS_MASK, aggregation=aggregation, max_tokens=4)
+    assert loss.item() == pytest.approx(AGGREGATED[aggregation], abs=1e-6)
+    assert stats["ratio_deviation"] == 0.0
+    # each token's gradient is -A * ratio times its weight: Dr. GRPO's is the same 1/12 in every row
+    loss.backward()
+    weights = {"token": torch.full((3, 1), 1 / 6), "sequence": torch.tensor([[1 / 9], [1 / 3], [1 / 6]]),
+               "constant": torch.full((3, 1), 1 / 12)}[aggregation]
+    expected = -MIXED_ADVANTAGES[:, None] * weights * LENGTHS_MASK
+    assert torch.allclose(new.grad, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("aggregation", ["token", "sequence", "constant"])
+def test_the_parts_of_a_split_batch_add_up_to_its_loss(aggregation: str) -> None:
+    """As the learner runs a minibatch: rows {0} and {1, 2} apart, each told the whole batch's
+    counts (6 tokens, 3 sequences), give losses and statistics that add up to the whole batch's.
+    The ratios differ from 1 (some clipped) so the statistics are not 0."""
+    new, old = ratios_as_logprobs([[1.1, 1.5, 0.5], [1.5, 2.0, 2.0], [0.9, 0.5, 3.0]])
+    whole, whole_stats = clipped_policy_loss(new, old, MIXED_ADVANTAGES, LENGTHS_MASK, 0.2, 0.28,
+                                             aggregation=aggregation, max_tokens=4)
+    parts = [clipped_policy_loss(new[rows], old[rows], MIXED_ADVANTAGES[rows], LENGTHS_MASK[rows], 0.2, 0.28,
+                                 tokens=6, aggregation=aggregation, sequences=3, max_tokens=4)
+             for rows in ([0], [1, 2])]
+    # token losses: row 0: -1.1, -1.28, -0.5; row 1: 1.5; row 2: -0.45, -0.25
+    rows = [-1.1 - 1.28 - 0.5, 1.5, -0.45 - 0.25]
+    expected = {"token": sum(rows) / 6, "sequence": (rows[0] / 3 + rows[1] + rows[2] / 2) / 3,
+                "constant": sum(rows) / 12}[aggregation]
+    assert whole.item() == pytest.approx(expected, abs=1e-6)
+    assert sum(loss.item() for loss, _ in parts) == pytest.approx(whole.item(), abs=1e-6)
+    for key in ("clip_fraction", "ratio_deviation"):
+        assert sum(stats[key] for _, stats in parts) == pytest.approx(whole_stats[key], abs=1e-6)
+    assert whole_stats["clip_fraction"] == pytest.approx(1 / 6)  # row 0's 1.5 (row 2's 0.5 keeps the unclipped)
+    assert whole_stats["ratio_deviation"] == pytest.approx((0.1 + 0.5 + 0.5 + 0.5 + 0.1 + 0.5) / 6)
+
+
+def test_aggregation_weights_need_a_length_for_the_constant() -> None:
+    with pytest.raises(ValueError, match="max_tokens"):
+        aggregation_weights(LENGTHS_MASK, "constant")
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregation_weights(LENGTHS_MASK, "median")
 
 
 def test_k3_kl_term() -> None:

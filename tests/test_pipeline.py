@@ -179,9 +179,9 @@ def test_resumed_run_evaluates_as_long_as_an_uninterrupted_one(config_path: Path
     calls: list[tuple[str, int]] = []
     evaluate = StageContext.evaluate
 
-    def spying_evaluate(self, levels, n, max_new_tokens, seed=1):
+    def spying_evaluate(self, levels, n, max_new_tokens, seed=1, split="validation"):
         calls.append((self.stage_name, max_new_tokens))
-        return evaluate(self, levels, n, max_new_tokens, seed)
+        return evaluate(self, levels, n, max_new_tokens, seed, split)
 
     monkeypatch.setattr(StageContext, "evaluate", spying_evaluate)
     config = load_config(config_path, ["stages.0.steps=10", "stages.0.eval_every=10", "stages.1.steps=3"])

@@ -15,7 +15,9 @@ from safetensors.torch import load_file
 
 from shrinkthink.config import load_config
 from shrinkthink.criteria import StepValidity
-from shrinkthink.pipeline import run_pipeline
+from shrinkthink.evaluate import evaluate
+from shrinkthink.pipeline import eval_tokens, run_pipeline
+from shrinkthink.policy import Policy
 from shrinkthink.records import Episode, Problem
 from shrinkthink.stages.shrink import next_best, winners
 from shrinkthink.tasks import make_task
@@ -42,7 +44,7 @@ stages:
     reladder: true
     restore_best: false
     promote_at: 0.0
-    learner: {group_size: 8, problems_per_step: 4}
+    learner: {group_size: 8, problems_per_step: 4, scale_rewards: batch}
     sampling: {max_new_tokens: 32}
 """
 
@@ -71,7 +73,9 @@ def test_every_step_logs_each_reward_component_and_controller(finished_run: Path
     assert [r["step"] for r in evaluated] == [3, 6]
     for r in evaluated:
         assert r["controller_length_penalty"] in ("tighten", "back_off") and "eval_valid_step_share" in r
-        assert {"probe_own_accuracy", "probe_paraphrased_accuracy", "probe_gap"} <= set(r) or not r.get("accuracy")
+        assert r["accuracy"] > 0 and {"probe_own_accuracy", "probe_paraphrased_accuracy", "probe_gap"} <= set(r)
+        # every scheduled criterion took the round the paired decision said
+        assert r["controller_token_budget"] == r["controller_length_penalty"] == ("tighten" if r["held"] else "back_off")
     # the re-ladder starts at the lowest level and climbs once held-out accuracy there passes
     # promote_at (0 here: at the first evaluation)
     assert [r["level"] for r in steps] == [1, 1, 1, 2, 2, 2] and evaluated[0]["promoted_to"] == 2
@@ -80,13 +84,28 @@ def test_every_step_logs_each_reward_component_and_controller(finished_run: Path
     assert any("edit_ablation_critic_forward_passes" in r and "edit_llm_critic_forward_passes" in r for r in steps)
 
 
-def test_summary_entry_and_changed_parameters(finished_run: Path) -> None:
+def test_summary_entry_and_changed_parameters(finished_run: Path, config_path: Path) -> None:
     summary = json.loads((finished_run / "summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == ["warm", "tighten"]
     entry = summary["stages"][1]
-    assert {"accuracy", "mean_reasoning_tokens", "digression_share", "valid_step_share", "seconds", "steps",
-            "reference_accuracy", "reference_tokens", "controllers"} <= set(entry)
+    records = [r for r in metric_lines(finished_run) if r["stage"] == "tighten"]
+    assert entry["reference_accuracy"] == next(r["accuracy"] for r in records if r.get("event") == "reference")
+    # the controllers' state is where the logged rounds took them: lambda from 0.01, x2 or x0.5 a round
+    rounds = [r["controller_length_penalty"] for r in records if "controller_length_penalty" in r]
+    expected = 0.01
+    for decision in rounds:
+        expected *= 2.0 if decision == "tighten" else 0.5
+    assert entry["controllers"]["length_penalty"] == {"value": pytest.approx(expected), "rounds": 2, "last": rounds[-1]}
     assert set(entry["controllers"]) == {"length_penalty", "token_budget"}
+    # reported accuracy: the test split (2 levels x 8 problems); decisions: the validation split
+    config = load_config(config_path)
+    policy = Policy.load(finished_run / "checkpoints" / "tighten", torch.device("cpu"), config=config.model)
+    task = make_task("arith", config.task.options)
+    for split, key in (("test", "accuracy"), ("validation", "validation_accuracy")):
+        max_new = eval_tokens(config, {stage["name"]: stage for stage in summary["stages"]})
+        again = evaluate(policy, task, [1, 2], 8, max_new_tokens=max_new, seed=1, split=split)
+        assert entry[key] == pytest.approx(again.accuracy), split
+    assert entry["test_problems"] == entry["validation_problems"] == 16
     warm = load_file(finished_run / "checkpoints" / "warm" / "model.safetensors")
     tightened = load_file(finished_run / "checkpoints" / "tighten" / "model.safetensors")
     assert any(not torch.equal(warm[k], tightened[k]) for k in warm)

@@ -67,11 +67,15 @@ def test_builtin_scores(key: str, level: int) -> None:
 @pytest.mark.parametrize(("key", "level"), CASES)
 def test_builtin_splits_disjoint_and_seeded(key: str, level: int) -> None:
     task = BUILTINS[key]
-    train = task.problems(level, 40, "train", seed=1)
+    drawn = task.problems(level, 40, "train", seed=1)
+    train = {p.prompt for p in drawn}
     test = task.problems(level, 10, "test", seed=1)
-    assert not {p.prompt for p in train} & {p.prompt for p in test}
+    validation = {p.prompt for p in task.problems(level, 10, "validation", seed=1)}
+    # decisions (validation) never see a reported (test) problem; neither is trained on
+    assert validation and not validation & {p.prompt for p in test}
+    assert not train & {p.prompt for p in test} and not train & validation
     assert [p.prompt for p in task.problems(level, 10, "test", seed=1)] == [p.prompt for p in test]
-    assert [p.id for p in task.problems(level, 40, "train", seed=1)] == [p.id for p in train]
+    assert [p.id for p in task.problems(level, 40, "train", seed=1)] == [p.id for p in drawn]
 
 
 def expected_flags(task: Task, problem: Problem, seed: int, rate: float) -> tuple[str, list[bool]]:

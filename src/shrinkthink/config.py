@@ -63,7 +63,7 @@ class Sampling(Strict):
     max_new_tokens: int = Field(64, ge=1, description="completion length cap, in tokens")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    dtype: Literal["model", "bfloat16"] = Field("model", description="the sampler's matmul precision: the policy's own, or bfloat16 copies of its weights (faster on GPUs and on CPUs with AMX, much slower on CPUs without bfloat16 units); the learner recomputes log-probabilities in the policy's precision and its clipped ratio corrects for the difference")
+    dtype: Literal["model", "bfloat16"] = Field("model", description="the sampler's matmul precision: the policy's own, or bfloat16 copies of its weights (faster on GPUs and on CPUs with AMX, much slower on CPUs without bfloat16 units); the learner then recomputes the old log-probabilities in its own precision before the update, so the ratio starts at 1")
 
 
 class LearnerConfig(Strict):
@@ -72,22 +72,33 @@ class LearnerConfig(Strict):
     warmup_steps: int = Field(10, ge=0, description="updates over which the learning rate ramps up from lr/warmup_steps")
     group_size: int = Field(16, ge=2, description="G: samples per problem")
     problems_per_step: int = Field(8, ge=1)
-    scale_by_std: bool = Field(True, description="grpo: divide advantages by the group std (Dr. GRPO: false)")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="grpo: what centred rewards are divided by. group: each group's std (GRPO); batch: the "
+        "std of the whole batch's rewards (TRL's scale_rewards='batch', DLER); none: nothing (Dr. GRPO). A weighted "
+        "shaping term (length_penalty, group_length, shortest_correct) needs batch or none: per-group "
+        "scaling turns its weight, however tiny, into an order-one advantage inside an all-correct group")
     clip_low: float = Field(0.2, ge=0, le=1)
     clip_high: float = Field(0.28, ge=0, description="DAPO clip-higher")
     inner_epochs: int = Field(1, ge=1, description="passes over each rollout batch (ratio departs from 1 after the first)")
+    loss_aggregation: Literal["token", "sequence", "constant"] = Field(
+        "token", description="grpo, rloo: how token losses make a minibatch's loss. token: their mean over all "
+        "tokens (DAPO); sequence: each completion's mean, then the mean over completions (GRPO); constant: their sum "
+        "over (completions x sampling.max_new_tokens), so a length does not rescale its own gradient (Dr. GRPO, "
+        "with scale_rewards none)")
     minibatches: int = Field(1, ge=1)
     kl_coef: float = Field(0.0, ge=0, description="KL to the frozen stage-start policy (k3 estimator); 0 keeps no reference model")
     entropy_coef: float = Field(0.0, ge=0, description="grpo, rloo: entropy bonus per token of the trained episodes (keeps a policy from collapsing to one answer a problem; 0: none)")
     max_grad_norm: float = Field(1.0, gt=0)
-    winner_threshold: float = Field(1.0, description="expert_iteration: minimum reward a winner needs")
+    winner_threshold: float = Field(1.0, description="expert_iteration: the correctness (times the gates, before "
+                                                      "additive terms) a winner needs")
     dtype: Literal["model", "bfloat16"] = Field("model", description="the precision of the update's forward and backward: the policy's own, or bfloat16 autocast (mixed precision: weights, gradients and Adam state stay float32; faster on GPUs and on CPUs with AMX, slower on CPUs without bfloat16 units)")
 
 
 # --- criteria: the reward terms of the shrink stage (criteria.py) ---------------------------
 class LengthPenaltyCriterion(Strict):
     name: Literal["length_penalty"]
-    start: float = Field(0.01, ge=0, description="lambda at the start: tiny, so the first rounds cost no accuracy")
+    start: float = Field(0.01, gt=0, description="lambda at the start: tiny, so the first rounds cost no accuracy "
+                                               "(above 0: the ramp multiplies it)")
     factor: float = Field(2.0, ge=1, description="lambda is multiplied by this each round while accuracy holds")
     backoff: float = Field(0.5, gt=0, le=1, description="and by this when accuracy falls below the tolerance")
     max_value: float = Field(2.0, gt=0, description="lambda never exceeds this")
@@ -95,7 +106,8 @@ class LengthPenaltyCriterion(Strict):
 
 class TokenBudgetCriterion(Strict):
     name: Literal["token_budget"]
-    start_tokens: float | None = Field(None, gt=0, description="the first budget (default: mean reasoning tokens at the stage's start)")
+    start_tokens: float | None = Field(None, gt=0, description="the first budget (default: start_percentile of the first batch's correct reasoning lengths)")
+    start_percentile: float = Field(95.0, gt=0, le=100, description="without start_tokens, the budget starts at this percentile of the first batch's correct reasoning lengths, above nearly every transcript")
     factor: float = Field(0.8, gt=0, le=1, description="the budget is multiplied by this each round while accuracy holds")
     backoff: float = Field(1.25, ge=1, description="and by this when accuracy falls below the tolerance")
     min_tokens: float = Field(0.0, ge=0, description="the budget never shrinks below this")
@@ -183,6 +195,26 @@ class StageBase(Strict):
     checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
 
 
+# additive terms whose weight is a dial (overlong's -1 for a cut-off transcript is not)
+WEIGHTED = ("length_penalty", "group_length", "shortest_correct")
+
+
+def check_criteria(criteria: list, sampling: Sampling, learner: LearnerConfig) -> None:
+    """Combinations of reward terms that cannot work, named by field."""
+    weighted = [f"criteria.{i} ({c.name})" for i, c in enumerate(criteria) if c.name in WEIGHTED]
+    if weighted and learner.name == "grpo" and learner.scale_rewards == "group":
+        raise ValueError(f"learner.scale_rewards: 'group' rescales {weighted[0]} to an order-one advantage inside "
+                         "every all-correct group, whatever its weight; set learner.scale_rewards to batch or none")
+    for i, criterion in enumerate(criteria):
+        if criterion.name == "overlong":
+            if criterion.max_tokens > sampling.max_new_tokens:
+                raise ValueError(f"criteria.{i}.max_tokens ({criterion.max_tokens}) is above sampling.max_new_tokens "
+                                 f"({sampling.max_new_tokens}): no completion can reach it")
+            if criterion.cache_tokens >= criterion.max_tokens:
+                raise ValueError(f"criteria.{i}.cache_tokens ({criterion.cache_tokens}) must be below max_tokens "
+                                 f"({criterion.max_tokens})")
+
+
 class WarmStartStage(StageBase):
     kind: Literal["warmstart"]
     levels: list[int] = Field(..., min_length=1, description="levels the demonstrations cover (the lowest ones)")
@@ -213,6 +245,7 @@ class ExploreStage(StageBase):
             raise ValueError(f"max_level ({self.max_level}) is below start_level ({self.start_level})")
         if self.replay + self.lookahead >= 1:
             raise ValueError(f"replay + lookahead ({self.replay} + {self.lookahead}) leaves no problems at the current level")
+        check_criteria(self.criteria, self.sampling, self.learner)
         return self
 
 
@@ -288,7 +321,8 @@ class ShrinkStage(StageBase):
     finetune_every: int = Field(1, ge=1, description="steps between fine-tuning steps on edited winners (when editors are set)")
     finetune_lr: float = Field(1e-4, gt=0, description="learning rate of the fine-tuning on edited winners")
     finetune_batches: int = Field(1, ge=1, description="fine-tuning steps on each set of edits")
-    tolerance: float = Field(0.01, ge=0, le=1, description="accuracy may fall this far below the stage's start before controllers back off")
+    tolerance: float = Field(0.01, ge=0, le=1, description="the drop in validation accuracy below the stage's start that is accepted; controllers back off (and restore_best and the gate count an evaluation as not held) only when the drop exceeds it by more than noise_z standard errors")
+    noise_z: float = Field(2.0, ge=0, description="how many standard errors of the paired difference (the same validation problems at the stage's start and now) a drop must exceed the tolerance by to count, so that a dip the size of the evaluation's noise does not back a controller off; 0: any drop past the tolerance counts")
     reladder: bool = Field(False, description="start at the lowest level and climb back, gated by promote_at, with the criteria on")
     promote_at: float = Field(0.8, ge=0, le=1, description="reladder: raise the level when held-out accuracy at the current one reaches this")
     replay: float = Field(0.25, ge=0, lt=1, description="reladder: share of each batch from lower levels")
@@ -298,10 +332,11 @@ class ShrinkStage(StageBase):
     sampling: Sampling = Field(default_factory=Sampling)
 
     @model_validator(mode="after")
-    def _no_patience(self):
+    def _combinations(self):
         if self.gate.patience is not None:
             raise ValueError("gate.patience: a shrink stage trades accuracy for tokens, so a stall in accuracy "
                              "is not convergence; it ends on its step budget or gate.accuracy")
+        check_criteria(self.criteria, self.sampling, self.learner)
         return self
 
 

@@ -8,14 +8,17 @@ returns one float per episode. It either *adds* to the reward (a penalty or bonu
     reward = correct * prod(gates) + sum(additive terms)
 
 Every component is stored on the episode and logged. A criterion with a schedule owns a
-`Controller` (a pure function of held-out accuracy), whose state is logged each step and saved
-in checkpoints.
+`Controller`, stepped at each evaluation by whether validation accuracy held against the stage's
+start (`accuracy_held`, a paired comparison that ignores drops the size of the evaluation's
+noise); its state is logged each step and saved in checkpoints. Length terms apply to correct
+transcripts only.
 
     shrinkthink run configs/quickstart.yaml      # the shrink stage turns these on
 """
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -30,30 +33,46 @@ from shrinkthink.tasks.base import ANSWER_PREFIX, Task, reasoning_part
 
 
 # --- controllers ----------------------------------------------------------------------------
+def accuracy_held(scores: list[float], reference: list[float], tolerance: float, z: float = 2.0) -> bool:
+    """Whether accuracy held against the stage's start, on the same validation problems scored
+    then (`reference`) and now (`scores`), in the same order.
+
+    A paired comparison: with d_i = reference_i - scores_i, the drop is mean(d) and its standard
+    error sd(d) / sqrt(n). Accuracy held unless the drop exceeds `tolerance` by more than `z`
+    standard errors (a one-sided test that the true drop is beyond the tolerance), so a dip the
+    size of the evaluation's noise does not count. Problems that did not change contribute no
+    variance: the more alike the two evaluations, the smaller a drop that counts."""
+    if len(scores) != len(reference) or not scores:
+        raise ValueError(f"accuracy_held: {len(scores)} scores against {len(reference)} reference scores")
+    n = len(scores)
+    diffs = [r - s for r, s in zip(reference, scores)]
+    drop = sum(diffs) / n
+    variance = sum((d - drop) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+    return drop <= tolerance + z * math.sqrt(variance / n) + 1e-9
+
+
 @dataclass
 class Controller:
-    """Tightens a value each round while held-out accuracy holds, backs off when it dips.
-
-    A round holds when `accuracy >= reference - tolerance` (reference: the stage's starting
-    accuracy). Holding multiplies the value by `factor`; dipping by `backoff`. A length-penalty
+    """Tightens a value each round while accuracy holds (`accuracy_held`), backs off when it does
+    not: holding multiplies the value by `factor`, a real drop by `backoff`. A length-penalty
     weight ramps up (factor > 1, backoff < 1); a token budget shrinks (factor < 1, backoff > 1).
-    The value stays within [lower, upper].
-    """
+    The value stays within [lower, upper]. A value of None is set by its criterion on first use
+    (the token budget's start, from the first batch's lengths)."""
 
-    value: float
+    value: float | None
     factor: float
     backoff: float
-    tolerance: float
     lower: float = 0.0
     upper: float = float("inf")
     rounds: int = 0
     last: str = "start"
 
-    def update(self, accuracy: float, reference: float) -> str:
+    def update(self, held: bool) -> str:
         self.rounds += 1
-        self.last = "tighten" if accuracy >= reference - self.tolerance - 1e-9 else "back_off"
-        multiplier = self.factor if self.last == "tighten" else self.backoff
-        self.value = min(self.upper, max(self.lower, self.value * multiplier))
+        self.last = "tighten" if held else "back_off"
+        if self.value is not None:
+            multiplier = self.factor if held else self.backoff
+            self.value = min(self.upper, max(self.lower, self.value * multiplier))
         return self.last
 
     def state_dict(self) -> dict[str, Any]:
@@ -75,6 +94,12 @@ class Batch:
     reference_tokens: float
 
 
+def is_correct(episode: Episode) -> bool:
+    """Verified correct: what a length term needs before it applies (a wrong answer never gains by
+    being short; Arora & Zanette 2025, Short-RL's length penalty on correct answers only)."""
+    return episode.components.get("correct", 0.0) >= 1.0
+
+
 class Criterion:
     name: str = ""
     gate: bool = False  # True: multiplies correctness; False: adds to the reward
@@ -91,37 +116,58 @@ class Criterion:
 
 
 class LengthPenalty(Criterion):
-    """`- lambda * tokens / reference_tokens`, lambda ramped up from tiny while accuracy holds
-    (the criterion is tightened only after the model can solve)."""
+    """`- lambda * tokens / reference_tokens` on correct transcripts (0 on wrong ones), lambda
+    ramped up from tiny while accuracy holds (the criterion is tightened only after the model can
+    solve). Lambda means what it says only where advantages are not rescaled per group
+    (`learner.scale_rewards`: batch or none; config.py rejects group)."""
 
     name = "length_penalty"
 
-    def __init__(self, start: float, factor: float, backoff: float, max_value: float, tolerance: float) -> None:
-        self.controller = Controller(start, factor, backoff, tolerance, lower=0.0, upper=max_value)
+    def __init__(self, start: float, factor: float, backoff: float, max_value: float) -> None:
+        self.controller = Controller(start, factor, backoff, lower=0.0, upper=max_value)
 
     def __call__(self, batch: Batch) -> list[float]:
         weight = self.controller.value / max(batch.reference_tokens, 1.0)
-        return [-weight * e.reasoning_tokens for e in batch.episodes]
+        return [-weight * e.reasoning_tokens if is_correct(e) else 0.0 for e in batch.episodes]
 
 
 class TokenBudget(Criterion):
     """Transcripts whose reasoning is longer than the budget score 0; the budget shrinks by a
-    factor each round while accuracy holds (ThinkPrune, Hou et al. 2025)."""
+    factor each round while accuracy holds (ThinkPrune, Hou et al. 2025). Without a start it
+    begins at the `start_percentile` of the first batch's correct reasoning lengths, above nearly
+    every transcript the policy writes, so the first rounds cut only the longest."""
 
     name = "token_budget"
     gate = True
 
-    def __init__(self, start_tokens: float, factor: float, backoff: float, min_tokens: float, tolerance: float) -> None:
-        self.controller = Controller(start_tokens, factor, backoff, tolerance, lower=min_tokens)
+    def __init__(self, start_tokens: float | None, factor: float, backoff: float, min_tokens: float,
+                 start_percentile: float = 95.0) -> None:
+        self.controller = Controller(start_tokens, factor, backoff, lower=min_tokens)
+        self.start_percentile = start_percentile
 
     def __call__(self, batch: Batch) -> list[float]:
+        if self.controller.value is None:
+            lengths = [e.reasoning_tokens for e in batch.episodes if is_correct(e)]
+            lengths = lengths or [e.reasoning_tokens for e in batch.episodes]
+            self.controller.value = max(self.controller.lower, percentile(lengths, self.start_percentile), 1.0)
         return [float(e.reasoning_tokens <= self.controller.value) for e in batch.episodes]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) with linear interpolation between order statistics."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 class GroupLength(Criterion):
     """Kimi k1.5's length reward (Kimi Team 2025, eq. in section 2.3.3): within a group,
-    `lam = 0.5 - (len - min) / (max - min)`; a correct answer gets `lam`, a wrong one
-    `min(0, lam)`. Scaled by `weight`."""
+    `lam = 0.5 - (len - min) / (max - min)`; a correct answer gets `lam`. Scaled by `weight`.
+    Kimi gives a wrong answer `min(0, lam)`, under which a short wrong answer beats a long one;
+    here a wrong answer gets 0, as under every length term: an all-wrong group has no length
+    signal."""
 
     name = "group_length"
 
@@ -136,16 +182,16 @@ class GroupLength(Criterion):
             if high == low:
                 continue
             for i, length in zip(group, lengths):
-                lam = 0.5 - (length - low) / (high - low)
-                correct = batch.episodes[i].components.get("correct", 0.0) >= 1.0
-                out[i] = self.weight * (lam if correct else min(0.0, lam))
+                if is_correct(batch.episodes[i]):
+                    out[i] = self.weight * (0.5 - (length - low) / (high - low))
         return out
 
 
 class ShortestCorrect(Criterion):
     """ShorterBetter (Yi et al. 2025): the target length is the group's shortest correct
-    transcript (its mean length when none is correct); every sample pays
-    `weight * |len - target| / reference_tokens`."""
+    transcript; every correct sample pays `weight * |len - target| / reference_tokens`. Wrong
+    samples pay nothing (ShorterBetter charges them the distance to the group's mean length too,
+    under which a wrong answer gains by being short)."""
 
     name = "shortest_correct"
 
@@ -157,16 +203,18 @@ class ShortestCorrect(Criterion):
         scale = self.weight / max(batch.reference_tokens, 1.0)
         for group in batch.groups:
             episodes = [batch.episodes[i] for i in group]
-            correct = [e.reasoning_tokens for e in episodes if e.components.get("correct", 0.0) >= 1.0]
-            target = min(correct) if correct else sum(e.reasoning_tokens for e in episodes) / len(episodes)
+            correct = [e.reasoning_tokens for e in episodes if is_correct(e)]
             for i, episode in zip(group, episodes):
-                out[i] = -scale * abs(episode.reasoning_tokens - target)
+                if is_correct(episode):
+                    out[i] = -scale * abs(episode.reasoning_tokens - min(correct))
         return out
 
 
 class Overlong(Criterion):
     """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): 0 up to
-    `max_tokens - cache_tokens`, then falling linearly to -1 at `max_tokens`, -1 beyond."""
+    `max_tokens - cache_tokens`, then falling linearly to -1 at `max_tokens`, -1 beyond. The one
+    length term on every transcript, right or wrong, as in DAPO: it punishes running into the cap,
+    where a transcript is cut off before its answer."""
 
     name = "overlong"
 
@@ -305,15 +353,14 @@ class LeanChecker:
 
 
 # --- composition -----------------------------------------------------------------------------
-def build_criteria(configs: list, task: Task, tolerance: float, reference_tokens: float) -> list[Criterion]:
+def build_criteria(configs: list, task: Task) -> list[Criterion]:
     """Criteria from their configs (config.py's `*Criterion` models)."""
     built: list[Criterion] = []
     for c in configs:
         if c.name == "length_penalty":
-            built.append(LengthPenalty(c.start, c.factor, c.backoff, c.max_value, tolerance))
+            built.append(LengthPenalty(c.start, c.factor, c.backoff, c.max_value))
         elif c.name == "token_budget":
-            start = c.start_tokens if c.start_tokens is not None else max(1.0, reference_tokens)
-            built.append(TokenBudget(start, c.factor, c.backoff, c.min_tokens, tolerance))
+            built.append(TokenBudget(c.start_tokens, c.factor, c.backoff, c.min_tokens, c.start_percentile))
         elif c.name == "group_length":
             built.append(GroupLength(c.weight))
         elif c.name == "shortest_correct":
@@ -333,7 +380,7 @@ def build_criteria(configs: list, task: Task, tolerance: float, reference_tokens
 
 def apply_criteria(criteria: list[Criterion], batch: Batch) -> None:
     """Score every episode: `reward = correct * prod(gates) + sum(additive)`; each term is stored
-    in `episode.components` under its name."""
+    in `episode.components` under its name, and `correct * prod(gates)` as `episode.outcome`."""
     for criterion in criteria:
         for episode, value in zip(batch.episodes, criterion(batch)):
             episode.components[criterion.name] = value
@@ -346,12 +393,13 @@ def apply_criteria(criteria: list[Criterion], batch: Batch) -> None:
                 gated *= value
             else:
                 added += value
+        episode.outcome = gated
         episode.reward = gated + added
 
 
-def update_controllers(criteria: list[Criterion], accuracy: float, reference: float) -> dict[str, str]:
-    """One round for every scheduled criterion; returns what each did."""
-    return {c.name: c.controller.update(accuracy, reference) for c in criteria if c.controller is not None}
+def update_controllers(criteria: list[Criterion], held: bool) -> dict[str, str]:
+    """One round for every scheduled criterion (`held`: `accuracy_held`); returns what each did."""
+    return {c.name: c.controller.update(held) for c in criteria if c.controller is not None}
 
 
 def criteria_state(criteria: list[Criterion]) -> dict[str, Any]:

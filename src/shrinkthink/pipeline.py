@@ -22,6 +22,7 @@ import torch
 from shrinkthink import allocator, distributed
 from shrinkthink.config import RunConfig, dump_config
 from shrinkthink.errors import UserError
+from shrinkthink.evaluate import wilson_interval
 from shrinkthink.policy import Policy, pick_device
 from shrinkthink.rundir import RunDir
 from shrinkthink.stages import StageContext, explore, latent, shrink, warmstart
@@ -77,7 +78,7 @@ def check_stages(config: RunConfig, task, device) -> None:
     for i, stage in enumerate(config.stages):
         if getattr(stage, "criteria", None):
             try:
-                build_criteria(stage.criteria, task, 0.0, 1.0)
+                build_criteria(stage.criteria, task)
             except UserError as error:
                 raise UserError(f"stages.{i}.criteria: {error}") from None
         if getattr(stage, "editors", None):
@@ -146,12 +147,20 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
         result = STAGE_LOOPS[stage.kind](ctx, stage)
         stage_extras[stage.name] = result.extra
         stage_seconds = time.time() - ctx.started
-        evaluation = ctx.evaluate(config.task.eval_levels, config.task.eval_problems, eval_tokens(config, stage_extras))
+        # the reported figures come from the test problems; the validation figure beside them is the
+        # split every decision inside the stage was made on
+        max_new = eval_tokens(config, stage_extras)
+        evaluation = ctx.evaluate(config.task.eval_levels, config.task.eval_problems, max_new, split="test")
+        validation = ctx.evaluate(config.task.eval_levels, stage.eval_problems, max_new, split="validation")
         entry = {
             "name": stage.name,
             "kind": stage.kind,
             "accuracy": evaluation.accuracy,
             "accuracy_by_level": {str(k): v for k, v in evaluation.accuracy_by_level.items()},
+            "test_problems": len(evaluation.transcripts),
+            "validation_accuracy": validation.accuracy,
+            "validation_problems": len(validation.transcripts),
+            "truncated_share": evaluation.truncated_share,
             "mean_reasoning_tokens": evaluation.mean_reasoning_tokens,
             "latent_steps": evaluation.latent_steps,
             "digression_share": evaluation.digression_share,
@@ -199,12 +208,13 @@ def format_samples(transcripts, per_level: int = 3) -> str:
 
 def format_table(summary: dict[str, Any]) -> str:
     """The table the CLI prints at the end of a run."""
-    rows = [("stage", "accuracy", "by level", "reasoning tok", "digression", "steps", "seconds")]
+    rows = [("stage", "test accuracy", "95% interval", "by level", "reasoning tok", "digression", "steps", "seconds")]
     for s in summary["stages"]:
         by_level = " ".join(f"{k}:{v:.2f}" for k, v in s["accuracy_by_level"].items())
         digression = "-" if s["digression_share"] is None else f"{s['digression_share']:.2f}"
-        rows.append((s["name"], f"{s['accuracy']:.3f}", by_level, f"{s['mean_reasoning_tokens']:.1f}",
-                     digression, str(s["steps"]), f"{s['seconds']:.0f}"))
+        low, high = wilson_interval(s["accuracy"], s.get("test_problems", 0))
+        rows.append((s["name"], f"{s['accuracy']:.3f}", f"{low:.3f}-{high:.3f}", by_level,
+                     f"{s['mean_reasoning_tokens']:.1f}", digression, str(s["steps"]), f"{s['seconds']:.0f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

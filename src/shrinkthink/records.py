@@ -35,5 +35,6 @@ class Episode:
     finished: bool
     answer: str | None = None
     reward: float = 0.0
+    outcome: float = 0.0  # correctness times the gates, before additive shaping terms
     components: dict[str, float] = field(default_factory=dict)
     reasoning_tokens: int = 0

@@ -1,7 +1,8 @@
 """Learners turn scored episodes into a policy update.
 
-- `grpo`: group-normalised advantages, clipped importance ratio over `inner_epochs`, token-level
-  loss, optional KL to the frozen stage-start policy (DeepSeekMath; DAPO's clip-higher).
+- `grpo`: group-normalised advantages, clipped importance ratio over `inner_epochs`, a token-level
+  loss (or GRPO's per-sequence mean, or Dr. GRPO's constant normaliser: `loss_aggregation`),
+  optional KL to the frozen stage-start policy (DeepSeekMath; DAPO's clip-higher).
 - `rloo`: the same update with REINFORCE leave-one-out advantages.
 - `expert_iteration`: keep the verified winners and fine-tune on them (STaR, Zelikman et al. 2022;
   ReST-EM, Singh et al. 2023).
@@ -82,10 +83,23 @@ class Learner:
     """Updates a policy from groups of episodes: `groups[i]` holds the indices of the G episodes
     sampled for one problem."""
 
-    def __init__(self, policy: Policy, config: LearnerConfig, temperature: float = 1.0) -> None:
+    def __init__(self, policy: Policy, config: LearnerConfig, temperature: float = 1.0, *,
+                 max_new_tokens: int | None = None, sampler_dtype: str = "model") -> None:
+        """`temperature`, `max_new_tokens`, `sampler_dtype`: the sampler's (`Sampling`); the length
+        is the normaliser of the "constant" `loss_aggregation`."""
+        if config.loss_aggregation == "constant" and max_new_tokens is None:
+            raise ValueError("learner.loss_aggregation 'constant' needs the sampler's max_new_tokens")
         self.policy = policy
         self.config = config
         self.temperature = temperature
+        self.max_new_tokens = max_new_tokens
+        # The sampler's log-probabilities are the learner's up to float32 rounding only when both
+        # compute in float32; bfloat16 on either side (a bfloat16 sampler's weight copies, the
+        # learner's autocast, bfloat16 weights) differs by bfloat16 rounding, which the clipped
+        # ratio would read as a policy change. Then the old log-probabilities are recomputed by
+        # the learner's own forward: one more forward pass an update, paid only here.
+        self.recompute_old = (sampler_dtype != "model" or config.dtype != "model"
+                              or any(p.dtype != torch.float32 for p in policy.model.parameters()))
         self.optimizer = make_optimizer(policy, config.lr)
         warmup = max(1, config.warmup_steps)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda update: min(1.0, (update + 1) / warmup))
@@ -98,7 +112,7 @@ class Learner:
     def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         if self.config.name == "rloo":
             return rloo_advantages(rewards)
-        return group_advantages(rewards, scale_by_std=self.config.scale_by_std)
+        return group_advantages(rewards, scale=self.config.scale_rewards)
 
     def update(self, episodes: list[Episode], groups: list[list[int]]) -> dict[str, float]:
         if self.config.name == "expert_iteration":
@@ -117,28 +131,34 @@ class Learner:
         if not keep:
             return stats
         model = self.policy.model
-        model.train()
+        # The ratio compares the policy with what the sampler drew from, the model in eval mode:
+        # dropout (LoRA's, say) would move it off 1 before any update. Eval mode keeps gradients
+        # (TRL's GRPO disables dropout too); expert iteration's fine-tuning keeps its dropout.
+        model.eval()
         chunks = [keep[j :: self.config.minibatches] for j in range(self.config.minibatches)]
         chunks = [c for c in chunks if c]
         updates = 0
         with onednn_linears(model):
+            # all before the first update: every minibatch's old log-probabilities are the sampler's policy's
+            old = self._learner_logprobs(chunks, episodes) if self.recompute_old else None
             for _ in range(self.config.inner_epochs):
                 for chunk in chunks:
                     self.optimizer.zero_grad(set_to_none=True)
                     tokens = sum(len(episodes[i].completion_ids) for i, _ in chunk)
-                    lengths = [len(episodes[i].prompt_ids) + len(episodes[i].completion_ids) for i, _ in chunk]
-                    mine = distributed.balanced(lengths)  # on several ranks, this rank's rows
                     # the same keys on every rank (a rank may have no rows), summed in one call
                     shares = dict.fromkeys(self._statistics(), 0.0)
-                    for run in length_buckets([lengths[i] for i in mine], self.policy.device):
-                        loss, run_stats = self._run_loss([chunk[mine[j]] for j in run], episodes, tokens)
+                    for run in self._runs(chunk, episodes):
+                        loss, run_stats = self._run_loss(run, episodes, tokens, len(chunk), old)
                         loss.backward()
                         shares["loss"] += loss.item()
                         for key, value in run_stats.items():
                             shares[key] += value
                     summed = distributed.sync_gradients(model.parameters(), list(shares.values()))
                     for key, value in zip(shares, summed):
-                        stats[key] = stats.get(key, 0.0) + value
+                        # the ratio's departure from 1 before any update (a check of the old
+                        # log-probabilities); later minibatches' departure is the learning
+                        if key != "ratio_deviation" or updates == 0:
+                            stats[key] = stats.get(key, 0.0) + value
                     torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
                     self.optimizer.step()
                     self.schedule.step()
@@ -150,20 +170,45 @@ class Learner:
 
     def _statistics(self) -> tuple[str, ...]:
         """The statistics a minibatch's loss reports (`clipped_policy_loss`), with the loss."""
-        return ("loss", "clip_fraction", *(("kl",) if self.reference is not None else ()),
+        return ("loss", "clip_fraction", "ratio_deviation", *(("kl",) if self.reference is not None else ()),
                 *(("entropy",) if self.config.entropy_coef > 0 else ()))
 
-    def _run_loss(self, run: list[tuple[int, float]], episodes: list[Episode],
-                  tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _runs(self, chunk: list[tuple[int, float]], episodes: list[Episode]) -> list[list[tuple[int, float]]]:
+        """This rank's rows of a minibatch, in runs of similar length (`length_buckets`)."""
+        lengths = [len(episodes[i].prompt_ids) + len(episodes[i].completion_ids) for i, _ in chunk]
+        mine = distributed.balanced(lengths)  # on several ranks, this rank's rows
+        return [[chunk[mine[j]] for j in run] for run in length_buckets([lengths[i] for i in mine], self.policy.device)]
+
+    @torch.no_grad()
+    def _learner_logprobs(self, chunks: list[list[tuple[int, float]]],
+                          episodes: list[Episode]) -> dict[int, torch.Tensor]:
+        """Each kept episode's completion log-probabilities [C] under the learner's forward (the
+        runs, precision and mode of `_run_loss`), by episode index."""
+        out = {}
+        for chunk in chunks:
+            for run in self._runs(chunk, episodes):
+                chosen = [episodes[i] for i, _ in run]
+                ids, attention, predictor, _ = pack([e.prompt_ids for e in chosen], [e.completion_ids for e in chosen],
+                                                    self.policy.pad_id, self.policy.device)
+                with self.autocast:
+                    logprobs = completion_logprobs(self.policy.model, ids, attention, predictor, self.temperature)
+                for row, (i, _) in enumerate(run):
+                    out[i] = logprobs[row, : len(episodes[i].completion_ids)]
+        return out
+
+    def _run_loss(self, run: list[tuple[int, float]], episodes: list[Episode], tokens: int, sequences: int,
+                  recomputed: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """The clipped loss of `run` (episode index, advantage) as its share of a minibatch of
-        `tokens` completion tokens, with its share of the minibatch's token-mean statistics."""
+        `sequences` episodes and `tokens` completion tokens, with its share of the minibatch's
+        token-mean statistics. Old log-probabilities: `recomputed`'s, else the sampler's."""
         chosen = [episodes[i] for i, _ in run]
         ids, attention, predictor, mask = pack(
             [e.prompt_ids for e in chosen], [e.completion_ids for e in chosen], self.policy.pad_id, self.policy.device
         )
         old = torch.zeros(mask.shape, device=mask.device)
-        for row, episode in enumerate(chosen):
-            old[row, : len(episode.logprobs)] = torch.tensor(episode.logprobs)
+        for row, (i, _) in enumerate(run):
+            values = recomputed[i] if recomputed is not None else torch.tensor(episodes[i].logprobs)
+            old[row, : len(values)] = values
         reference = None
         with self.autocast:
             if self.reference is not None:
@@ -175,7 +220,7 @@ class Learner:
         adv = torch.tensor([a for _, a in run], device=mask.device)
         return clipped_policy_loss(
             logprobs, old, adv, mask, self.config.clip_low, self.config.clip_high, reference, self.config.kl_coef,
-            entropy, self.config.entropy_coef, tokens,
+            entropy, self.config.entropy_coef, tokens, self.config.loss_aggregation, sequences, self.max_new_tokens,
         )
 
     def state_dict(self) -> dict:
@@ -190,7 +235,9 @@ class Learner:
         winners = []
         for episode in episodes:
             key = (episode.problem.id, tuple(episode.completion_ids))
-            if episode.reward >= self.config.winner_threshold and episode.finished and key not in seen:
+            # correctness and gates decide a winner; an additive shaping term (a length penalty) would
+            # push every reward under the threshold and leave nothing to train on
+            if episode.outcome >= self.config.winner_threshold and episode.finished and key not in seen:
                 seen.add(key)
                 winners.append(episode)
         stats = {"loss": 0.0, "trained_episodes": float(len(winners))}

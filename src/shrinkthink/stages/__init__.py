@@ -16,7 +16,7 @@ from shrinkthink.config import RunConfig
 from shrinkthink.evaluate import Evaluation, evaluate
 from shrinkthink.policy import Policy
 from shrinkthink.rundir import RunDir
-from shrinkthink.tasks.base import Task
+from shrinkthink.tasks.base import Split, Task
 
 
 @dataclass
@@ -77,8 +77,11 @@ class StageContext:
              "stage_seconds": time.time() - self.started},
         )
 
-    def evaluate(self, levels: list[int], n: int, max_new_tokens: int, seed: int = 1) -> Evaluation:
-        return evaluate(self.policy, self.task, levels, n, max_new_tokens=max_new_tokens, seed=seed)
+    def evaluate(self, levels: list[int], n: int, max_new_tokens: int, seed: int = 1,
+                 split: Split = "validation") -> Evaluation:
+        """Greedy evaluation; a stage decides on the validation split, the run reports the test split.
+        The same `seed` draws the same problems each time, so two evaluations pair up."""
+        return evaluate(self.policy, self.task, levels, n, max_new_tokens=max_new_tokens, seed=seed, split=split)
 
     def anchor_reference(self, learner) -> None:
         """KL's frozen reference is the stage-start policy. It is written beside the checkpoints

@@ -54,7 +54,8 @@ def rollout(ctx: StageContext, stage: ExploreStage, problems: list[Problem]) -> 
         correct = ctx.task.score(problem, text) if finished else 0.0
         episodes.append(Episode(
             problem=problem, prompt_ids=prompts[i // size], completion_ids=ids, logprobs=logprobs, text=text,
-            finished=finished, answer=ctx.task.extract(text), reward=correct, components={"correct": correct},
+            finished=finished, answer=ctx.task.extract(text), reward=correct, outcome=correct,
+            components={"correct": correct},
             reasoning_tokens=policy.count_tokens(reasoning_part(text)),
         ))
     return episodes, {"entropy_sum": samples.entropy_sum, "tokens": samples.tokens}
@@ -86,7 +87,8 @@ def train_accuracy(episodes: list[Episode], level: int) -> float:
 def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
     policy, task, seed = ctx.policy, ctx.task, ctx.config.seed
     size = stage.learner.group_size
-    learner = Learner(policy, stage.learner, stage.sampling.temperature)
+    learner = Learner(policy, stage.learner, stage.sampling.temperature,
+                      max_new_tokens=stage.sampling.max_new_tokens, sampler_dtype=stage.sampling.dtype)
     ctx.anchor_reference(learner)
     pools = {lv: task.problems(lv, POOL_PER_LEVEL, "train", seed=seed) for lv in range(task.min_level, stage.max_level + 1)}
     level, start = stage.start_level, 0
@@ -129,7 +131,7 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
             # tightening from the first step (the ablation): fixed weights, no controller rounds
             if reference_tokens is None:
                 reference_tokens = sum(e.reasoning_tokens for e in used) / len(used)
-            criteria = criteria or build_criteria(stage.criteria, task, 0.0, reference_tokens)
+            criteria = criteria or build_criteria(stage.criteria, task)
             apply_criteria(criteria, Batch(episodes, groups, task, reference_tokens))
         stats = learner.update(episodes, groups)
         seconds = time.time() - began

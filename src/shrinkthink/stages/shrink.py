@@ -1,7 +1,7 @@
 """Shrink: tighten the criteria only once the model can solve, a little at a time.
 
-The stage starts by measuring where the explore stage left the policy (held-out greedy accuracy
-and mean reasoning tokens: the reference). Then, every step:
+The stage starts by measuring where the explore stage left the policy (greedy accuracy on the
+validation problems, problem by problem, and mean reasoning tokens: the reference). Then, every step:
 
 1. sample G attempts at problems from the mastered levels (or, with `reladder`, from the lowest
    level up, climbing back as accuracy allows);
@@ -10,8 +10,10 @@ and mean reasoning tokens: the reference). Then, every step:
 4. rewrite the winners with the editors (critic, paraphraser), re-verify every edit, and
    fine-tune on the edits.
 
-At each evaluation the controllers take a round: a length penalty ramps up, a token budget
-shrinks, while accuracy stays within `tolerance` of the reference; when it dips they back off.
+At each evaluation (the same validation problems) the controllers take a round: a length penalty
+ramps up, a token budget shrinks, while accuracy holds; when it drops they back off. A drop counts
+only past `tolerance` by more than `noise_z` standard errors of the paired difference with the
+reference (`criteria.accuracy_held`), so the noise of a small evaluation does not steer them.
 With `restore_best`, the stage ends on the evaluated policy with the fewest reasoning tokens
 whose accuracy held; among evaluations within 2% of the fewest tokens (a plateau, where which is
 shortest is evaluation noise), on the most accurate (`next_best`).
@@ -28,6 +30,7 @@ from shrinkthink import distributed
 from shrinkthink.config import ShrinkStage
 from shrinkthink.criteria import (
     Batch,
+    accuracy_held,
     apply_criteria,
     build_criteria,
     criteria_state,
@@ -80,7 +83,8 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
     if "reference" not in state:
         # where explore left the policy: what the criteria are measured against
         start_eval = ctx.evaluate(levels, stage.eval_problems, max_new)
-        state["reference"] = {"accuracy": start_eval.accuracy, "tokens": start_eval.mean_reasoning_tokens}
+        state["reference"] = {"accuracy": start_eval.accuracy, "tokens": start_eval.mean_reasoning_tokens,
+                              "scores": start_eval.scores}
         ctx.log(0, event="reference", accuracy=start_eval.accuracy,
                 mean_reasoning_tokens=start_eval.mean_reasoning_tokens,
                 digression_share=start_eval.digression_share)
@@ -91,10 +95,11 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
         ctx.run.save_policy(f".{ctx.stage_name}-best", policy)
         state["best"] = {"step": 0, "accuracy": reference["accuracy"], "tokens": reference["tokens"],
                          "fewest": reference["tokens"]}
-    criteria = build_criteria(stage.criteria, task, stage.tolerance, reference["tokens"])
+    criteria = build_criteria(stage.criteria, task)
     editors = build_editors(stage.editors, task, policy.device, field=f"stages.{ctx.stage_index}.editors")
     paraphraser = next((e for e in editors if isinstance(e, Paraphraser)), None)
-    learner = Learner(policy, stage.learner, stage.sampling.temperature) if stage.rl else None
+    learner = Learner(policy, stage.learner, stage.sampling.temperature, max_new_tokens=stage.sampling.max_new_tokens,
+                      sampler_dtype=stage.sampling.dtype) if stage.rl else None
     if learner is not None:
         ctx.anchor_reference(learner)
     finetune = make_optimizer(policy, stage.finetune_lr) if editors else None
@@ -143,12 +148,13 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
                        **{f"accuracy_level_{k}": v for k, v in evaluation.accuracy_by_level.items()}}
             if evaluation.valid_step_share is not None:
                 record["eval_valid_step_share"] = evaluation.valid_step_share
-            record |= {f"controller_{k}": v for k, v in update_controllers(criteria, accuracy, reference["accuracy"]).items()}
+            held = accuracy_held(evaluation.scores, reference["scores"], stage.tolerance, stage.noise_z)
+            record |= {f"controller_{k}": v for k, v in update_controllers(criteria, held).items()}
             if stage.reladder and level is not None and level < max(levels) \
                     and evaluation.accuracy_by_level.get(level, 0.0) >= stage.promote_at:
                 level = min(lv for lv in levels if lv > level)
                 record["promoted_to"] = level
-            held = accuracy >= reference["accuracy"] - stage.tolerance - 1e-9
+            record["held"] = held
             if stage.restore_best and held:
                 best, improved = next_best(best, done, accuracy, evaluation.mean_reasoning_tokens)
                 if improved:

@@ -1,5 +1,5 @@
-"""What every task provides: problems at a difficulty level, split into train and held-out sets
-that never overlap, and its own verifier (DESIGN.md: generic code never knows what a
+"""What every task provides: problems at a difficulty level, split into train, validation and test
+sets that never overlap, and its own verifier (DESIGN.md: generic code never knows what a
 multiplication is).
 
 Built-in tasks also write demonstrations with injected digressions and classify the lines of any
@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import hashlib
 import random
+import warnings
 from abc import ABC, abstractmethod
 from typing import ClassVar, Literal
 
 from shrinkthink.records import Problem
 from shrinkthink.verify import extract_answer
 
-Split = Literal["train", "test"]
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 ANSWER_PREFIX = "Answer: "
 RECHECK_PREFIX = "check "  # a re-check line: `check 12+7=19`
 
 
-def split_of(prompt: str, heldout_fraction: float) -> Split:
+def split_of(prompt: str, heldout_fraction: float, validation_fraction: float = 0.1) -> Split:
     """Assign a problem to a split by a hash of its prompt, so the same question can never sit in
-    both splits, whatever seed or level produced it."""
-    digest = hashlib.sha256(prompt.encode()).digest()
-    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < heldout_fraction else "train"
+    two splits, whatever seed or level produced it: the first `heldout_fraction` of the hash range
+    is test (the reported figures), the next `validation_fraction` validation (every decision
+    inside a run: promotion, gates, controllers, keeping the best), the rest train."""
+    position = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") / 2**64
+    if position < heldout_fraction:
+        return "test"
+    return "validation" if position < heldout_fraction + validation_fraction else "train"
 
 
 def problem_id(task_name: str, level: int, prompt: str) -> str:
@@ -53,11 +59,20 @@ class Task(ABC):
     description: ClassVar[str]
     min_level: int = 1
     max_level: int = 1
+    validation_fraction: float = 0.1  # of the hash range, after the test share (split_of)
 
     def __init__(self, heldout_fraction: float = 0.2) -> None:
-        if not 0.0 <= heldout_fraction <= 1.0:
-            raise ValueError(f"heldout_fraction must be in 0..1, got {heldout_fraction}")
+        if not 0.0 <= heldout_fraction <= 1.0 - self.validation_fraction:
+            raise ValueError(f"heldout_fraction must be in 0..{1 - self.validation_fraction:g}, got {heldout_fraction}")
         self.heldout_fraction = heldout_fraction
+
+    def split_of(self, prompt: str) -> Split:
+        return split_of(prompt, self.heldout_fraction, self.validation_fraction)
+
+    def split_fraction(self, split: Split) -> float:
+        """The share of the problem space `split` holds."""
+        held = {"test": self.heldout_fraction, "validation": self.validation_fraction}
+        return held.get(split, 1.0 - self.heldout_fraction - self.validation_fraction)
 
     # --- problems -------------------------------------------------------------------------
     @abstractmethod
@@ -67,7 +82,8 @@ class Task(ABC):
     def problems(self, level: int, n: int, split: Split, seed: int = 0) -> list[Problem]:
         """`n` problems of one split at `level`, deterministic in `seed`.
 
-        Held-out sets are distinct problems where the space allows; training draws may repeat.
+        Validation and test sets are distinct problems where the space allows; training draws may
+        repeat.
         """
         self.check_level(level)
         rng = random.Random(f"{self.name}:{seed}:{level}:{split}")
@@ -77,17 +93,26 @@ class Task(ABC):
         while len(out) < n and attempts < 200 * n + 1000:
             attempts += 1
             problem = self.generate(level, rng)
-            if split_of(problem.prompt, self.heldout_fraction) != split:
+            if self.split_of(problem.prompt) != split:
                 continue
-            if split == "test" and problem.prompt in seen:
+            if split != "train" and problem.prompt in seen:
                 continue
             seen.add(problem.prompt)
             out.append(problem)
+        if not out and split == "validation":
+            return self.validation_stand_in(level, n, seed)
         if not out:
             raise RuntimeError(f"task {self.name}: no {split} problems at level {level}")
         while len(out) < n:  # a small space: repeat what exists rather than fail
             out.append(out[len(out) % len(seen)])
         return out
+
+    def validation_stand_in(self, level: int, n: int, seed: int) -> list[Problem]:
+        """A level too small to hold validation problems: its training problems stand in, so that
+        decisions still never see a test problem."""
+        warnings.warn(f"task {self.name}: no validation problems at level {level}; the run's decisions use "
+                      "training problems there", stacklevel=3)
+        return self.problems(level, n, "train", seed)
 
     def check_level(self, level: int) -> None:
         from shrinkthink.errors import UserError

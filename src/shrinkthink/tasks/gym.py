@@ -19,7 +19,7 @@ from typing import Any
 
 from shrinkthink.errors import UserError
 from shrinkthink.records import Problem
-from shrinkthink.tasks.base import Split, Task, problem_id, split_of
+from shrinkthink.tasks.base import Split, Task, problem_id
 
 # Entries a `generate` call draws from (reasoning-gym items are indexed; most datasets derive
 # each item from seed + index, some precompute, so the pool is finite and cached).
@@ -87,8 +87,7 @@ class GymTask(Task):
         """`n` problems of one split, read in order from a dataset seeded by (level, split,
         seed); entries whose question hashes to the other split are skipped."""
         self.check_level(level)
-        wanted_fraction = self.heldout_fraction if split == "test" else 1 - self.heldout_fraction
-        budget = int(4 * n / max(wanted_fraction, 0.01)) + 100
+        budget = int(4 * n / max(self.split_fraction(split), 0.01)) + 100
         dataset = self._get_dataset(level, split, seed, budget)
         out: list[Problem] = []
         seen: set[str] = set()
@@ -97,12 +96,14 @@ class GymTask(Task):
                 break
             entry = dataset[idx]
             question = str(entry["question"])
-            if split_of(question, self.heldout_fraction) != split:
+            if self.split_of(question) != split:
                 continue
-            if split == "test" and question in seen:
+            if split != "train" and question in seen:
                 continue
             seen.add(question)
             out.append(self._problem(entry, level))
+        if not out and split == "validation":
+            return self.validation_stand_in(level, n, seed)
         if not out:
             raise UserError(f"task {self.name}: no {split} problems at level {level}")
         while len(out) < n:  # a small space: repeat what exists rather than fail

@@ -2,8 +2,8 @@
 
     {"question": "What is 2+3?", "answer": 5, "steps": ["2+3=5"], "level": 1, "split": "test"}
 
-Only `question` and `answer` are required. `level` defaults to 1; `split` defaults to a hash of the
-question (so train and held-out never share a question); `id` defaults to a hash too. The file is
+Only `question` and `answer` are required. `level` defaults to 1; `split` (train, validation or test)
+defaults to a hash of the question (so no two splits share a question); `id` defaults to a hash too. The file is
 read and checked when the task is built, so a bad row fails the run before any training, naming
 `file:line`.
 
@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from shrinkthink.errors import UserError
 from shrinkthink.records import Problem
-from shrinkthink.tasks.base import Split, Task, problem_id, split_of
+from shrinkthink.tasks.base import SPLITS, Split, Task, problem_id
 from shrinkthink.verify import answers_match
 
 
@@ -33,7 +34,7 @@ class JsonlTask(Task):
     def __init__(self, path: str, heldout_fraction: float = 0.2) -> None:
         super().__init__(heldout_fraction)
         self.path = path
-        rows = read_rows(Path(path), heldout_fraction)
+        rows = read_rows(Path(path), self.split_of)
         if not rows:
             raise UserError(f"task.options.path: '{path}' has no rows")
         self.rows: list[tuple[Problem, Split]] = rows
@@ -51,6 +52,8 @@ class JsonlTask(Task):
         then repeating it."""
         self.check_level(level)
         pool = [p for p, s in self.rows if p.level == level and s == split]
+        if not pool and split == "validation":
+            return self.validation_stand_in(level, n, seed)
         if not pool:
             raise UserError(
                 f"task.options.path: '{self.path}' has no {split} problems at level {level}"
@@ -62,7 +65,7 @@ class JsonlTask(Task):
         return answers_match(answer, problem.answer)
 
 
-def read_rows(path: Path, heldout_fraction: float) -> list[tuple[Problem, Split]]:
+def read_rows(path: Path, split_of: Callable[[str], Split]) -> list[tuple[Problem, Split]]:
     """Every row of `path` as a Problem and its split; a bad row raises UserError at `file:line`."""
     if not path.is_file():
         raise UserError(f"task.options.path: no such file '{path}'")
@@ -73,12 +76,13 @@ def read_rows(path: Path, heldout_fraction: float) -> list[tuple[Problem, Split]
         except UnicodeDecodeError:
             raise UserError(f"{path}:{number}: not UTF-8 text") from None
         if line.strip():
-            rows.append(parse_row(line, f"{path}:{number}", heldout_fraction))
+            rows.append(parse_row(line, f"{path}:{number}", split_of))
     return rows
 
 
-def parse_row(line: str, where: str, heldout_fraction: float) -> tuple[Problem, Split]:
-    """One JSONL line as a Problem and its split; `where` is the `file:line` for errors."""
+def parse_row(line: str, where: str, split_of: Callable[[str], Split]) -> tuple[Problem, Split]:
+    """One JSONL line as a Problem and its split (its own, else `split_of` its question); `where`
+    is the `file:line` for errors."""
     try:
         row: Any = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -99,9 +103,9 @@ def parse_row(line: str, where: str, heldout_fraction: float) -> tuple[Problem, 
     level = row.get("level", 1)
     if isinstance(level, bool) or not isinstance(level, int) or level < 1:
         raise UserError(f"{where}: 'level' must be an integer >= 1, got {level!r}")
-    split = row.get("split", split_of(question, heldout_fraction))
-    if split not in ("train", "test"):
-        raise UserError(f"{where}: 'split' must be 'train' or 'test', got {split!r}")
+    split = row.get("split", split_of(question))
+    if split not in SPLITS:
+        raise UserError(f"{where}: 'split' must be one of {', '.join(SPLITS)}, got {split!r}")
     problem = Problem(
         id=str(row.get("id", problem_id("jsonl", level, question))),
         prompt=question,
