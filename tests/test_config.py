@@ -168,3 +168,14 @@ def test_the_icot_quickstart_is_the_quickstart_up_to_its_last_stage() -> None:
                                                                quickstart.device)
     assert icot.stages[-1].method == "icot" and quickstart.stages[-1].method == "coconut"
     assert quickstart.stages[-1].thought_targets and quickstart.stages[-1].final_decay
+
+
+def test_overrides_can_name_a_list_item(small: Path) -> None:
+    config = load_config(small, ["stages.climb.steps=50", "stages.warm.levels=[1]", "stages.0.steps=3",
+                                 "stages.climb.criteria=[{name: overlong, max_tokens: 32}]",
+                                 "stages.climb.criteria.overlong.cache_tokens=8"])
+    assert config.stages[1].steps == 50 and config.stages[0].levels == [1] and config.stages[0].steps == 3
+    assert config.stages[1].criteria[0].cache_tokens == 8  # any list of named mappings, not only stages
+    message = error_of(small, "stages.explore.steps=50")
+    assert message == "override 'stages.explore.steps': 'explore' is not an index of a 2-item list nor one of its " \
+                      "names (warm, climb)"

@@ -7,6 +7,8 @@
     shrinkthink eval CHECKPOINT --task arith --levels 1 2 3
     shrinkthink sample CHECKPOINT "12+7+30=?"
     shrinkthink tasks
+    shrinkthink config [--defaults | --markdown]  # every config field; the quickstart resolved
+    shrinkthink export CHECKPOINT OUT [--merge]   # a plain Hugging Face folder (LoRA merged)
 
 Bad input (a config field, a task name, a data file line, a model path) is one line on stderr and
 exit status 2; ranks that cannot meet are one line with exit status 1; `--debug` shows the traceback.
@@ -63,6 +65,24 @@ def _parser() -> argparse.ArgumentParser:
 
     tasks = commands.add_parser("tasks", help="list the tasks, a line each")
     tasks.add_argument("--debug", **SUB_DEBUG)
+
+    reference = commands.add_parser("config", help="every config field: its type, default and description")
+    shown = reference.add_mutually_exclusive_group()
+    shown.add_argument("--defaults", action="store_true",
+                       help="print the quickstart config with every default filled in, as YAML")
+    shown.add_argument("--markdown", action="store_true", help="the reference as Markdown (docs/config.md)")
+    reference.add_argument("--debug", **SUB_DEBUG)
+
+    from shrinkthink import export as exporting  # stdlib only at import: its docstring is the help
+
+    export = commands.add_parser("export", help="write a checkpoint as a plain Hugging Face folder (LoRA: --merge)",
+                                 description=exporting.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="a checkpoint folder, e.g. runs/<run>/checkpoints/<stage>")
+    export.add_argument("out", metavar="OUT", help="the folder to write: new, or empty")
+    export.add_argument("--merge", action="store_true",
+                        help="fold a LoRA checkpoint's adapter into the weights (peft's merge_and_unload)")
+    export.add_argument("--debug", **SUB_DEBUG)
     return parser
 
 
@@ -189,6 +209,23 @@ def _sample(args) -> None:
     print(policy.decode(samples.completion_ids[0]))
 
 
+def _config(args) -> None:
+    from shrinkthink.config import config_reference, dump_config, load_config
+
+    print(dump_config(load_config()) if args.defaults else config_reference(markdown=args.markdown), end="")
+
+
+def _export(args) -> None:
+    from shrinkthink.export import coconut_note, export_checkpoint
+
+    if not os.path.exists(args.checkpoint):
+        raise UserError(f"checkpoint: no such file or folder '{args.checkpoint}'")
+    exported = export_checkpoint(args.checkpoint, args.out, merge=args.merge)
+    print(f"wrote {exported.path}" + (" (LoRA adapter merged into the weights)" if exported.merged else ""))
+    if exported.coconut:
+        print(f"shrinkthink: {coconut_note(exported)}", file=sys.stderr)
+
+
 def _tasks(args) -> None:
     from shrinkthink.tasks import list_tasks
 
@@ -210,7 +247,7 @@ def _first_rank() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # offline mode stays the user's choice (HF_HUB_OFFLINE=1): a hub id in model.path may need a download
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -226,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _handle(args) -> int:
-    handlers = {"run": _run, "eval": _eval, "sample": _sample, "tasks": _tasks}
+    handlers = {"run": _run, "eval": _eval, "sample": _sample, "tasks": _tasks, "config": _config, "export": _export}
     try:
         handlers[args.command](args)
     except UserError as error:

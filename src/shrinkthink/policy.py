@@ -14,7 +14,7 @@ from transformers.utils import logging as hf_logging
 
 from shrinkthink import distributed
 from shrinkthink.config import ModelConfig
-from shrinkthink.model import bpe_tokenizer, load_pretrained, tiny_policy
+from shrinkthink.model import bpe_tokenizer, enable_checkpointing, load_pretrained, tiny_policy, use_attention
 from shrinkthink.rollout import Samples, sample
 
 LATENT_FILE = "latent.json"
@@ -95,8 +95,13 @@ class Policy:
                     raise ValueError("model.tokenizer 'bpe' needs a corpus to train its merges on")
                 tokenizer = bpe_tokenizer(corpus, config.vocab_size)
             model, tokenizer = tiny_policy(config.depth, seed=seed, tokenizer=tokenizer)
+            if config.attn_implementation is not None:
+                use_attention(model, config.attn_implementation)
         else:
-            model, tokenizer = load_pretrained(config.path, dtype=model_dtype(config, device))
+            model, tokenizer = load_pretrained(config.path, dtype=model_dtype(config, device),
+                                               attn_implementation=config.attn_implementation)
+        if config.gradient_checkpointing:
+            enable_checkpointing(model)  # on the base model, before any LoRA wrapper
         if config.lora is not None:
             model = with_lora(model, config.lora, seed)
         return cls(model, tokenizer, device)
@@ -104,11 +109,15 @@ class Policy:
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu",
              config: ModelConfig | None = None) -> "Policy":
-        """A saved policy; `config` (the run's model config) only chooses the dtype. A checkpoint
-        with an `adapter/` folder gets its LoRA adapter back, trainable."""
+        """A saved policy; `config` (the run's model config) chooses the dtype, the attention kernel
+        and gradient checkpointing. A checkpoint with an `adapter/` folder gets its LoRA adapter
+        back, trainable."""
         dtype = model_dtype(config, torch.device(device)) if config is not None else torch.float32
         hf_logging.disable_progress_bar()  # a bar per loaded checkpoint is noise in `eval` and `sample`
-        model, tokenizer = load_pretrained(str(path), dtype=dtype)
+        attention = config.attn_implementation if config is not None else None
+        model, tokenizer = load_pretrained(str(path), dtype=dtype, attn_implementation=attention)
+        if config is not None and config.gradient_checkpointing:
+            enable_checkpointing(model)
         if (Path(path) / ADAPTER_DIR / "adapter_config.json").is_file():
             from peft import PeftModel
 

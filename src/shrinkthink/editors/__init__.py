@@ -1,7 +1,7 @@
 """Editors rewrite verified winners into better training targets: a critic deletes steps that
 do not matter, a paraphraser rewrites the steps in other words. Every edit is re-verified before
 it is used: the policy, continuing greedily from the edited reasoning, must still reach the
-right answer (DESIGN.md: "every edit is re-verified before it becomes a target").
+right answer, so no edit becomes a training target unverified.
 
     from shrinkthink.editors import AblationCritic
     results = AblationCritic().edit(policy, task, [(problem, transcript)], max_new_tokens=64)

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 
@@ -69,6 +71,19 @@ def supervised_step(policy: Policy, optimizer, prompts: list[list[int]], targets
     torch.nn.utils.clip_grad_norm_(policy.model.parameters(), max_grad_norm)
     optimizer.step()
     return total
+
+
+@contextlib.contextmanager
+def without_dropout(model: torch.nn.Module) -> Iterator[None]:
+    """Every `nn.Dropout` module in eval mode (an identity) for the block, the rest as it is."""
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
+    for module in dropouts:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in dropouts:
+            module.train()
 
 
 def make_optimizer(policy: Policy, lr: float) -> torch.optim.Optimizer:
@@ -131,14 +146,15 @@ class Learner:
         if not keep:
             return stats
         model = self.policy.model
-        # The ratio compares the policy with what the sampler drew from, the model in eval mode:
-        # dropout (LoRA's, say) would move it off 1 before any update. Eval mode keeps gradients
-        # (TRL's GRPO disables dropout too); expert iteration's fine-tuning keeps its dropout.
-        model.eval()
+        # The ratio compares the policy with what the sampler drew from, the model without dropout:
+        # dropout (LoRA's, say) would move it off 1 before any update (TRL's GRPO disables it too).
+        # Training mode otherwise, so gradient checkpointing still saves memory; expert iteration's
+        # fine-tuning keeps its dropout.
+        model.train()
         chunks = [keep[j :: self.config.minibatches] for j in range(self.config.minibatches)]
         chunks = [c for c in chunks if c]
         updates = 0
-        with onednn_linears(model):
+        with onednn_linears(model), without_dropout(model):
             # all before the first update: every minibatch's old log-probabilities are the sampler's policy's
             old = self._learner_logprobs(chunks, episodes) if self.recompute_old else None
             for _ in range(self.config.inner_epochs):

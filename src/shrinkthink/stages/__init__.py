@@ -5,6 +5,7 @@ evaluate."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class StageContext:
     progress: bool = True
     resume_state: dict[str, Any] | None = None
     started: float = field(default_factory=time.time)
+    # reward functions the Python API was given, by the name a `reward` criterion's `function` uses
+    rewards: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
     def log(self, step: int, **fields: Any) -> None:
         self.run.log({"stage": self.stage_name, "stage_index": self.stage_index, "step": step, **fields})

@@ -3,7 +3,7 @@ nothing else (no format, length or style terms): the model may yap, digress and 
 long as it gets there. The level rises when held-out greedy accuracy at the current level passes
 `promote_at`; a share of each batch replays lower levels so the climb does not erase them.
 
-    shrinkthink run configs/quickstart.yaml   # the second stage
+    shrinkthink run   # the quickstart (src/shrinkthink/configs/quickstart.yaml): its second stage
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
             # tightening from the first step (the ablation): fixed weights, no controller rounds
             if reference_tokens is None:
                 reference_tokens = sum(e.reasoning_tokens for e in used) / len(used)
-            criteria = criteria or build_criteria(stage.criteria, task)
+            criteria = criteria or build_criteria(stage.criteria, task, ctx.rewards,
+                                                  f"stages.{ctx.stage_index}.criteria")
             apply_criteria(criteria, Batch(episodes, groups, task, reference_tokens))
         stats = learner.update(episodes, groups)
         seconds = time.time() - began

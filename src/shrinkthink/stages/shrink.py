@@ -18,7 +18,7 @@ With `restore_best`, the stage ends on the evaluated policy with the fewest reas
 whose accuracy held; among evaluations within 2% of the fewest tokens (a plateau, where which is
 shortest is evaluation noise), on the most accurate (`next_best`).
 
-    shrinkthink run configs/quickstart.yaml   # the third stage
+    shrinkthink run   # the quickstart (src/shrinkthink/configs/quickstart.yaml): its third stage
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
         ctx.run.save_policy(f".{ctx.stage_name}-best", policy)
         state["best"] = {"step": 0, "accuracy": reference["accuracy"], "tokens": reference["tokens"],
                          "fewest": reference["tokens"]}
-    criteria = build_criteria(stage.criteria, task)
+    criteria = build_criteria(stage.criteria, task, ctx.rewards, f"stages.{ctx.stage_index}.criteria")
     editors = build_editors(stage.editors, task, policy.device, field=f"stages.{ctx.stage_index}.editors")
     paraphraser = next((e for e in editors if isinstance(e, Paraphraser)), None)
     learner = Learner(policy, stage.learner, stage.sampling.temperature, max_new_tokens=stage.sampling.max_new_tokens,

@@ -2,7 +2,7 @@
 digressions and all ("let it yap"): the model learns the format and the easy cases, and the
 explore stage must climb from there with outcome reward alone.
 
-    shrinkthink run configs/quickstart.yaml   # the first stage
+    shrinkthink run   # the quickstart (src/shrinkthink/configs/quickstart.yaml): its first stage
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The task table: a config names a task and its options, `make_task` builds it.
 
 Built-ins are listed in `TASKS`; `gym:<dataset>` is any reasoning-gym dataset; a dotted path
-`package.module:ClassName` loads a user's own `Task` subclass (STYLE.md: a small name-to-class
-table at the edge, no plugin framework).
+`package.module:ClassName` loads a user's own `Task` subclass: a small name-to-class table at
+the edge, no plugin framework.
 
     python -c "from shrinkthink.tasks import list_tasks; print(list_tasks()[:5])"
 """
@@ -16,6 +16,7 @@ from typing import Any
 from shrinkthink.errors import UserError
 from shrinkthink.tasks.arith import ArithTask
 from shrinkthink.tasks.base import ANSWER_PREFIX, Task, gold_completion, reasoning_part, split_of
+from shrinkthink.tasks.dataset import DatasetTask
 from shrinkthink.tasks.jsonl import JsonlTask
 from shrinkthink.tasks.multiply import MultiplyTask
 from shrinkthink.tasks.prontoqa import ProntoQATask
@@ -27,6 +28,7 @@ TASKS: dict[str, type[Task]] = {
     "multiply": MultiplyTask,
     "prontoqa": ProntoQATask,
     "prosqa": ProsQATask,
+    "datasets": DatasetTask,
 }
 
 _GYM_PREFIX = "gym:"

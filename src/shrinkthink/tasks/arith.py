@@ -1,12 +1,11 @@
 """Chained arithmetic: `12+7+30=?`.
 
 Two difficulty axes. `axis="terms"`: level L has L+1 terms, so harder means longer transcripts,
-which a small model generalises to badly (DESIGN.md). `axis="magnitude"`: a fixed number of terms
+which a small model generalises to badly. `axis="magnitude"`: a fixed number of terms
 whose operands grow with the level (up to 10*L-1 at level L), so harder means new numbers in the
 same shape of transcript.
 
-Two step formats, because DESIGN.md measured that the format decides how far a tiny model
-generalises in length:
+Two step formats, because the format decides how far a tiny model generalises in length:
 - `refer`: each line names its operands, `12+7=19` then `19+30=49`;
 - `carry`: each line is the remaining work with the first operation done, `19+30` then `49`, so
   every line is computable from the line before alone.

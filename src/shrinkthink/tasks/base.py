@@ -1,6 +1,6 @@
 """What every task provides: problems at a difficulty level, split into train, validation and test
-sets that never overlap, and its own verifier (DESIGN.md: generic code never knows what a
-multiplication is).
+sets that never overlap, and its own verifier (generic code never knows what a multiplication
+is).
 
 Built-in tasks also write demonstrations with injected digressions and classify the lines of any
 transcript as necessary or digression, so that shrinking can be measured against ground truth.

@@ -1,4 +1,4 @@
-"""Verifiers: lenient final-answer extraction and answer equivalence (DESIGN.md, "verify").
+"""Verifiers: lenient final-answer extraction and answer equivalence.
 
 Tasks own their verifiers, and build them from these pieces:
 
