@@ -6,7 +6,7 @@ generates (one example at a time, the whole sequence recomputed for every token)
 Timings only: the weights are random and every row decodes a fixed number of tokens (no early end
 of sequence), so the rows differ only in what they compute.
 
-    flock /tmp/shrinkthink-cpu.lock python bench/latent_speed.py --task prosqa --level 3 --depth 4
+    python bench/latent_speed.py --task prosqa --level 3 --depth 4
 """
 
 from __future__ import annotations

@@ -55,9 +55,10 @@ def main() -> int:
             transposed = weight.t().contiguous()
             packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
             calls = max(5, args.calls * 576 * 960 // (fan_in * fan_out))  # the head: fewer calls
-            mm = mean_microseconds(lambda: torch.mm(x, transposed), calls)
-            onednn = mean_microseconds(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
-                                       calls)
+            # defaults bind this iteration's tensors (each lambda is timed before the loop moves on)
+            mm = mean_microseconds(lambda x=x, transposed=transposed: torch.mm(x, transposed), calls)
+            onednn = mean_microseconds(
+                lambda x=x, packed=packed: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), calls)
             flop = 2 * rows * fan_in * fan_out
             print(f"{rows:4d} {name:>8s} {f'{fan_in}x{fan_out}':>11s} {mm:9.0f} {onednn:10.0f} "
                   f"{flop / mm / 1e3:11.0f} {flop / onednn / 1e3:15.0f} {mm / onednn:7.2f}x")

@@ -72,7 +72,8 @@ def main() -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
     print(f"config: {' '.join(args.config)}; repeats: {args.repeats}")
     base = settings[0]
-    print("| stage | procs | allocator (loaded) | median s/step | stage s | accuracy | step speed-up | stage speed-up |")
+    print("| stage | procs | allocator (loaded) | median s/step | stage s | accuracy | step speed-up "
+          "| stage speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     for stage in runs[base][0]:
         for setting in settings:
@@ -82,7 +83,7 @@ def main() -> int:
             acc = [c["accuracy"] for c in cells if c.get("accuracy") is not None]
             loaded = ", ".join(sorted({r["(process)"]["allocator"] or "-" for r in runs[setting]}))
 
-            def ratio(key: str) -> str:
+            def ratio(key: str, cells: list[dict] = cells, stage: str = stage) -> str:
                 mine = [c[key] for c in cells if c.get(key)]
                 theirs = [r[stage][key] for r in runs[base] if r.get(stage, {}).get(key)]
                 if not mine or not theirs:

@@ -1,7 +1,7 @@
 """Tokens per second of our rollout engine beside `model.generate`, same model, prompts, lengths
 and sampling settings, in one run.
 
-    flock /tmp/shrinkthink-cpu.lock python bench/rollout.py                 # SmolLM2-135M, batch 32 and 64
+    python bench/rollout.py                 # SmolLM2-135M, batch 32 and 64
     python bench/rollout.py --batches 8 --new-tokens 32 --threads 1       # a quick look
     python bench/rollout.py --sample-dtype bfloat16     # ours: bfloat16 matmuls from the float32 model
 
@@ -114,18 +114,19 @@ def main() -> int:
         ids, mask = left_pad(prompts, policy.pad_id, device)
         tokens = batch * args.new_tokens
 
-        def ours(new_tokens, eos_ids=frozenset()):
+        # the keyword defaults bind this batch's prompts: every call below happens within the iteration
+        def ours(new_tokens, eos_ids=frozenset(), *, prompts=prompts):
             return sample(model, prompts, eos_ids=set(eos_ids), pad_id=policy.pad_id,
                           max_new_tokens=new_tokens, temperature=1.0, dtype=sample_dtype)
 
-        def theirs(new_tokens, eos_ids=None):
+        def theirs(new_tokens, eos_ids=None, *, ids=ids, mask=mask):
             with torch.no_grad():
                 return model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
                                       top_p=1.0, top_k=0, max_new_tokens=new_tokens,
                                       min_new_tokens=0 if eos_ids else new_tokens, pad_token_id=policy.pad_id,
                                       eos_token_id=sorted(eos_ids) if eos_ids else None)
 
-        def their_tokens(out) -> int:
+        def their_tokens(out, *, ids=ids) -> int:
             """Each row's new tokens up to and including its first end of sequence."""
             new = out[:, ids.shape[1]:]
             ended = torch.isin(new, torch.tensor(sorted(policy.eos_ids), device=new.device))

@@ -89,7 +89,8 @@ def penalty(shrink: dict) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="the run config whose shrink stage is varied (default: quickstart)")
+    parser.add_argument("--config", default=None,
+                        help="the run config whose shrink stage is varied (default: quickstart)")
     parser.add_argument("--base", default=None, help="a finished run of the config's warmstart and explore stages")
     parser.add_argument("--steps", type=int, default=100, help="step budget of every method")
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
@@ -160,7 +161,8 @@ def main() -> int:
     for r in rows:
         valid = "-" if r["valid_step_share"] is None else f"{r['valid_step_share']:.2f}"
         low, high = wilson_interval(r["accuracy"], r["test_problems"])
-        print(f"{r['method']:<20} {r['accuracy']:>8.3f} {f'{low:.3f}-{high:.3f}':>13} {r['mean_reasoning_tokens']:>10.1f} "
+        print(f"{r['method']:<20} {r['accuracy']:>8.3f} {f'{low:.3f}-{high:.3f}':>13} "
+              f"{r['mean_reasoning_tokens']:>10.1f} "
               f"{r['mean_reasoning_tokens'] / explored['mean_reasoning_tokens']:>14.2f} "
               f"{r['digression_share']:>10.3f} {valid:>9} {r['seconds']:>8.0f}")
     by_method = {r["method"]: r for r in rows}

@@ -11,10 +11,10 @@ Both sides start from the same weights (a tiny policy saved to a temporary folde
 from it by each), draw the same arith level-1 prompts in the same order (one prompt x G=8
 completions a step, temperature 1, at most 32 new tokens (64 for SmolLM2), no top-p/top-k), reward
 with the task's verifier, and take one optimizer step on the group. SmolLM2's prompts go through
-its chat template on both sides (TRL's conversational prompts, our `Policy.prompt_ids`). TRL keeps its default loss (`loss_type`
-'dapo', beta 0); its gradient checkpointing is off unless --trl-gradient-checkpointing (our
-learner never recomputes activations, and the model is tiny). The first --warmup steps are
-left out of the means.
+its chat template on both sides (TRL's conversational prompts, our `Policy.prompt_ids`). TRL keeps
+its default loss (`loss_type` 'dapo', beta 0); its gradient checkpointing is off unless
+--trl-gradient-checkpointing (our learner never recomputes activations, and the model is tiny).
+The first --warmup steps are left out of the means.
 
 `--sample-dtype bfloat16` makes our sampler run its matmuls from bfloat16 copies of the float32
 weights (`sampling.dtype: bfloat16`); `--learner-dtype bfloat16` runs our update's forward and
@@ -241,8 +241,8 @@ def main() -> int:
                 print(f"warning: TRL timed {len(trl_seconds)} steps, expected {args.steps}", file=sys.stderr)
             checkpointing = "on" if args.trl_gradient_checkpointing else "off"
             precision = ", bf16" if args.trl_bf16 else ""
-            rows.insert(0, (f"TRL {trl.__version__} GRPOTrainer (ckpt {checkpointing}{precision})", trl_seconds, trl_rewards,
-                            [float(GROUP)] * len(trl_seconds)))
+            rows.insert(0, (f"TRL {trl.__version__} GRPOTrainer (ckpt {checkpointing}{precision})", trl_seconds,
+                            trl_rewards, [float(GROUP)] * len(trl_seconds)))
 
     print()
     print(f"{'side':52s} {'s/step':>8s} {'stdev':>8s} {'steps':>6s} {'reward':>7s} {'trained/step':>13s}")

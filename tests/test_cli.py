@@ -129,7 +129,8 @@ def shrink_config(tmp_path: Path) -> Path:
 
 
 def test_unknown_criterion_name(shrink_config: Path, tmp_path: Path) -> None:
-    line = user_error(cli("run", str(shrink_config), "stages.1.criteria.0.name=brevity", "--run-dir", "out", cwd=tmp_path))
+    line = user_error(cli("run", str(shrink_config), "stages.1.criteria.0.name=brevity", "--run-dir", "out",
+                          cwd=tmp_path))
     assert f"{shrink_config}: stages.1.criteria.0" in line and "'brevity'" in line and "length_penalty" in line
     assert not (tmp_path / "out").exists()
 

@@ -116,8 +116,10 @@ def test_shaping_terms_that_cannot_work_are_rejected_naming_the_field(small: Pat
     assert "stages.1.criteria.0.start: Input should be greater than 0" in error_of(
         small, "stages.1.criteria=[{name: length_penalty, start: 0}]")
     # a cap no completion can reach never punishes
-    overlong = error_of(small, "stages.1.sampling.max_new_tokens=64", "stages.1.criteria=[{name: overlong, max_tokens: 80}]")
-    assert overlong.startswith(f"{small}: stages.1") and "criteria.0.max_tokens (80) is above sampling.max_new_tokens (64)" in overlong
+    overlong = error_of(small, "stages.1.sampling.max_new_tokens=64",
+                        "stages.1.criteria=[{name: overlong, max_tokens: 80}]")
+    assert overlong.startswith(f"{small}: stages.1")
+    assert "criteria.0.max_tokens (80) is above sampling.max_new_tokens (64)" in overlong
     assert "criteria.0.cache_tokens (40) must be below max_tokens (32)" in error_of(
         small, "stages.1.criteria=[{name: overlong, max_tokens: 32, cache_tokens: 40}]")
     load_config(small, ["stages.1.criteria=[{name: overlong, max_tokens: 64}]"])  # at the cap: fine

@@ -120,7 +120,7 @@ def test_bad_row_names_file_and_row(tmp_path: Path, row: dict, message: str) -> 
 def test_sources_that_cannot_be_read(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=r"^task.options.path: 'nobody/nothing' is not a file or folder, nor a "
-                                        r"dataset in the local datasets cache \(.*\)$"):
+                                        r"dataset in the local cache or on the hub \(.*\)$"):
         make_task("datasets", {"path": "nobody/nothing"})
     (tmp_path / "data.xyz").write_text("?")
     with pytest.raises(UserError, match=r"^task.options.path: cannot tell the format of 'data.xyz'"):

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_allocator import AUTO
+from test_pipeline import CONFIG, cli, crash_in, metric_lines, step_keys
 
 from shrinkthink import allocator, distributed
 from shrinkthink.config import load_config
 from shrinkthink.errors import SetupError, UserError
 from shrinkthink.pipeline import run_pipeline
 from shrinkthink.policy import pick_device
-from test_allocator import AUTO
-from test_pipeline import CONFIG, cli, crash_in, metric_lines, step_keys
 
 
 def launched_as(monkeypatch, me: int, size: int) -> None:
@@ -159,7 +159,8 @@ def test_procs_must_be_a_positive_count(tmp_path: Path) -> None:
     result = cli("run", "--procs", "0", cwd=tmp_path)
     assert result.returncode == 2 and "--procs" in result.stderr
     result = cli("run", "procs=0", cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.strip().endswith("procs: Input should be greater than or equal to 1")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("procs: Input should be greater than or equal to 1")
 
 
 @pytest.fixture

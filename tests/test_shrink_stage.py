@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_pipeline import crash_in, metric_lines, run_to_end, step_keys, write_config
 
 from shrinkthink.config import load_config
 from shrinkthink.criteria import StepValidity
@@ -21,7 +22,6 @@ from shrinkthink.policy import Policy
 from shrinkthink.records import Episode, Problem
 from shrinkthink.stages.shrink import next_best, winners
 from shrinkthink.tasks import make_task
-from test_pipeline import crash_in, metric_lines, run_to_end, step_keys, write_config
 
 CONFIG = """\
 name: shrink-e2e
@@ -75,7 +75,8 @@ def test_every_step_logs_each_reward_component_and_controller(finished_run: Path
         assert r["controller_length_penalty"] in ("tighten", "back_off") and "eval_valid_step_share" in r
         assert r["accuracy"] > 0 and {"probe_own_accuracy", "probe_paraphrased_accuracy", "probe_gap"} <= set(r)
         # every scheduled criterion took the round the paired decision said
-        assert r["controller_token_budget"] == r["controller_length_penalty"] == ("tighten" if r["held"] else "back_off")
+        expected = "tighten" if r["held"] else "back_off"
+        assert r["controller_token_budget"] == r["controller_length_penalty"] == expected
     # the re-ladder starts at the lowest level and climbs once held-out accuracy there passes
     # promote_at (0 here: at the first evaluation)
     assert [r["level"] for r in steps] == [1, 1, 1, 2, 2, 2] and evaluated[0]["promoted_to"] == 2

@@ -4,8 +4,7 @@ glibc's malloc is slow for what a training loop asks of it, thousands of tensors
 fast as they are made; jemalloc and tcmalloc keep such memory for reuse. PyTorch's own CPU launcher
 (`python -m torch.backends.xeon.run_cpu`) preloads one for the same reason. On the dev CPU, on two
 ranks, the quickstart's stages ran 1.19x faster with jemalloc than with glibc's malloc, and 1.19x
-faster again with tcmalloc, computing the same numbers to the last bit (docs/results.md, twentieth
-session).
+faster again with tcmalloc, computing the same numbers to the last bit (docs/results.md).
 
 An allocator is chosen when a process starts, so `shrinkthink run` starts itself again with the
 library in `LD_PRELOAD` (the same process id: torchrun and job schedulers see nothing); ranks that

@@ -39,7 +39,10 @@ class ModelConfig(Strict):
         "tiny", description="tiny: built from scratch (its tokenizer: `tokenizer`); pretrained: a local folder, "
         "a .gguf file, 'smollm2' or a Hugging Face hub id (`path`)")
     depth: int = Field(4, ge=1, le=32, description="tiny only: the one size dial (layers; width 32*depth)")
-    tokenizer: Literal["char", "bpe"] = Field("char", description="tiny only: char: one token per printable ASCII character; bpe: byte-pair merges trained on the task's training prompts and demonstrations when the model is built (a frequent word becomes one token; digits and punctuation stay one character a token), saved with every checkpoint")
+    tokenizer: Literal["char", "bpe"] = Field(
+        "char", description="tiny only: char: one token per printable ASCII character; bpe: byte-pair merges trained "
+        "on the task's training prompts and demonstrations when the model is built (a frequent word becomes one "
+        "token; digits and punctuation stay one character a token), saved with every checkpoint")
     vocab_size: int = Field(4096, ge=128, le=65536, description="tiny bpe only: the most tokens the merges may reach")
     path: str | None = Field(
         None, description="pretrained only: a local folder, a .gguf file, 'smollm2', or a Hugging Face hub id "
@@ -71,9 +74,12 @@ class ModelConfig(Strict):
 class TaskConfig(Strict):
     """The task: its problems, their levels, and the verifier that scores an answer."""
 
-    name: str = Field("arith", description="a built-in task, 'gym:<dataset>', 'jsonl', or 'package.module:Class'; see `shrinkthink tasks`")
+    name: str = Field(
+        "arith", description="a built-in task, 'gym:<dataset>', 'gym-mix', 'jsonl', 'datasets' (a file or dataset "
+        "`datasets` reads, with a column mapping), or 'package.module:Class'; see `shrinkthink tasks`")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the task")
-    eval_levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], description="levels reported after every stage")
+    eval_levels: list[int] = Field(
+        default_factory=lambda: [1, 2, 3, 4], description="levels reported after every stage")
     eval_problems: int = Field(100, ge=1, description="held-out problems per level for stage-end evaluation")
 
 
@@ -85,15 +91,23 @@ class Sampling(Strict):
                                                         "distribution)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: draw from the most likely tokens whose "
                                                       "probabilities add up to top_p (1: from all)")
-    dtype: Literal["model", "bfloat16"] = Field("model", description="the sampler's matmul precision: the policy's own, or bfloat16 copies of its weights (faster on GPUs and on CPUs with AMX, much slower on CPUs without bfloat16 units); the learner then recomputes the old log-probabilities in its own precision before the update, so the ratio starts at 1")
+    dtype: Literal["model", "bfloat16"] = Field(
+        "model", description="the sampler's matmul precision: the policy's own, or bfloat16 copies of its weights "
+        "(faster on GPUs and on CPUs with AMX, much slower on CPUs without bfloat16 units); the learner then "
+        "recomputes the old log-probabilities in its own precision before the update, so the ratio starts at 1")
 
 
 class LearnerConfig(Strict):
     """The RL update of an explore or shrink stage (learners/)."""
 
-    name: Literal["grpo", "rloo", "expert_iteration"] = Field("grpo", description="grpo: group-normalised advantages, clipped ratio; rloo: leave-one-out baseline; expert_iteration: keep verified winners and fine-tune (STaR / ReST-EM)")
-    lr: float = Field(2e-4, gt=0, description="keep it at or below where the warm start ended: Adam's first steps move every weight by about lr")
-    warmup_steps: int = Field(10, ge=0, description="updates over which the learning rate ramps up from lr/warmup_steps")
+    name: Literal["grpo", "rloo", "expert_iteration"] = Field(
+        "grpo", description="grpo: group-normalised advantages, clipped ratio; rloo: leave-one-out baseline; "
+        "expert_iteration: keep verified winners and fine-tune (STaR / ReST-EM)")
+    lr: float = Field(
+        2e-4, gt=0, description="keep it at or below where the warm "
+        "start ended: Adam's first steps move every weight by about lr")
+    warmup_steps: int = Field(
+        10, ge=0, description="updates over which the learning rate ramps up from lr/warmup_steps")
     group_size: int = Field(16, ge=2, description="G: samples per problem")
     problems_per_step: int = Field(8, ge=1, description="problems drawn for each step, group_size samples each")
     scale_rewards: Literal["group", "batch", "none"] = Field(
@@ -103,7 +117,8 @@ class LearnerConfig(Strict):
         "scaling turns its weight, however tiny, into an order-one advantage inside an all-correct group")
     clip_low: float = Field(0.2, ge=0, le=1, description="PPO clipping: the ratio's lower bound is 1 - clip_low")
     clip_high: float = Field(0.28, ge=0, description="DAPO clip-higher")
-    inner_epochs: int = Field(1, ge=1, description="passes over each rollout batch (ratio departs from 1 after the first)")
+    inner_epochs: int = Field(
+        1, ge=1, description="passes over each rollout batch (ratio departs from 1 after the first)")
     loss_aggregation: Literal["token", "sequence", "constant"] = Field(
         "token", description="grpo, rloo: how token losses make a minibatch's loss. token: their mean over all "
         "tokens (DAPO); sequence: each completion's mean, then the mean over completions (GRPO); constant: their sum "
@@ -111,13 +126,19 @@ class LearnerConfig(Strict):
         "with scale_rewards none)")
     minibatches: int = Field(1, ge=1, description="optimizer steps each rollout batch is split into, per inner "
                                                   "epoch")
-    kl_coef: float = Field(0.0, ge=0, description="KL to the frozen stage-start policy (k3 estimator); 0 keeps no reference model")
-    entropy_coef: float = Field(0.0, ge=0, description="grpo, rloo: entropy bonus per token of the trained episodes (keeps a policy from collapsing to one answer a problem; 0: none)")
+    kl_coef: float = Field(
+        0.0, ge=0, description="KL to the frozen stage-start policy (k3 estimator); 0 keeps no reference model")
+    entropy_coef: float = Field(
+        0.0, ge=0, description="grpo, rloo: entropy bonus per token of the trained episodes (keeps a policy from "
+        "collapsing to one answer a problem; 0: none)")
     max_grad_norm: float = Field(1.0, gt=0, description="gradients are clipped to this global L2 norm before "
                                                          "each optimizer step")
     winner_threshold: float = Field(1.0, description="expert_iteration: the correctness (times the gates, before "
                                                       "additive terms) a winner needs")
-    dtype: Literal["model", "bfloat16"] = Field("model", description="the precision of the update's forward and backward: the policy's own, or bfloat16 autocast (mixed precision: weights, gradients and Adam state stay float32; faster on GPUs and on CPUs with AMX, slower on CPUs without bfloat16 units)")
+    dtype: Literal["model", "bfloat16"] = Field(
+        "model", description="the precision of the update's forward and backward: the policy's own, or bfloat16 "
+        "autocast (mixed precision: weights, gradients and Adam state stay float32; faster on GPUs and on CPUs with "
+        "AMX, slower on CPUs without bfloat16 units)")
 
 
 # --- criteria: the reward terms of the shrink stage (criteria.py) ---------------------------
@@ -134,9 +155,14 @@ class LengthPenaltyCriterion(Strict):
 class TokenBudgetCriterion(Strict):
     name: Literal["token_budget"] = Field(description="gate: a transcript whose reasoning is longer than the budget "
                                                       "scores 0; the budget shrinks while accuracy holds (ThinkPrune)")
-    start_tokens: float | None = Field(None, gt=0, description="the first budget (default: start_percentile of the first batch's correct reasoning lengths)")
-    start_percentile: float = Field(95.0, gt=0, le=100, description="without start_tokens, the budget starts at this percentile of the first batch's correct reasoning lengths, above nearly every transcript")
-    factor: float = Field(0.8, gt=0, le=1, description="the budget is multiplied by this each round while accuracy holds")
+    start_tokens: float | None = Field(
+        None, gt=0, description="the first budget (default: "
+        "start_percentile of the first batch's correct reasoning lengths)")
+    start_percentile: float = Field(
+        95.0, gt=0, le=100, description="without start_tokens, the budget starts at this percentile of the first "
+        "batch's correct reasoning lengths, above nearly every transcript")
+    factor: float = Field(
+        0.8, gt=0, le=1, description="the budget is multiplied by this each round while accuracy holds")
     backoff: float = Field(1.25, ge=1, description="and by this when accuracy falls below the tolerance")
     min_tokens: float = Field(0.0, ge=0, description="the budget never shrinks below this")
 
@@ -150,33 +176,40 @@ class GroupLengthCriterion(Strict):
 class ShortestCorrectCriterion(Strict):
     name: Literal["shortest_correct"] = Field(description="additive: ShorterBetter's penalty for distance to the "
                                                           "group's shortest correct transcript, on correct ones")
-    weight: float = Field(0.5, ge=0, description="ShorterBetter: penalty per reference length of distance to the group's shortest correct transcript")
+    weight: float = Field(
+        0.5, ge=0, description="ShorterBetter: penalty per reference "
+        "length of distance to the group's shortest correct transcript")
 
 
 class OverlongCriterion(Strict):
     name: Literal["overlong"] = Field(description="additive: DAPO's soft punishment of completions near or past "
                                                   "max_tokens")
-    max_tokens: int = Field(..., ge=1, description="DAPO soft overlong punishment: -1 at and beyond this completion length")
+    max_tokens: int = Field(
+        ..., ge=1, description="DAPO soft overlong punishment: -1 at and beyond this completion length")
     cache_tokens: int = Field(16, ge=0, description="the linear ramp to -1 starts this many tokens before max_tokens")
 
 
 class StepValidityCriterion(Strict):
     name: Literal["step_validity"] = Field(description="gate: correctness counts only when the task's step checker "
                                                        "accepts every reasoning line")
-    graded: bool = Field(False, description="correctness counts in proportion to the share of valid lines, instead of only when all are valid")
+    graded: bool = Field(
+        False, description="correctness counts in proportion to the "
+        "share of valid lines, instead of only when all are valid")
 
 
 class FormatCriterion(Strict):
     name: Literal["format"] = Field(description="gate: the completion is reasoning lines, one answer line, then "
                                                 "nothing")
-    line_pattern: str | None = Field(None, description="regular expression every reasoning line must match (default: any)")
+    line_pattern: str | None = Field(
+        None, description="regular expression every reasoning line must match (default: any)")
 
 
 class LeanCriterion(Strict):
     name: Literal["lean"] = Field(description="gate: the reasoning is a Lean 4 proof of the problem's statement that "
                                               "Lean accepts")
     executable: str = Field("lean", description="the Lean 4 executable (must be on the PATH)")
-    backend: Literal["cli", "lean-interact"] = Field("cli", description="cli: run `lean` on a file; lean-interact: keep a Lean REPL alive")
+    backend: Literal["cli", "lean-interact"] = Field(
+        "cli", description="cli: run `lean` on a file; lean-interact: keep a Lean REPL alive")
     project: str | None = Field(None, description="lean-interact: a local Lean project (e.g. with Mathlib)")
     header: str = Field("", description="Lean code put before every proof (imports, opens)")
     timeout_s: float = Field(60.0, gt=0, description="seconds Lean may take over one proof")
@@ -217,8 +250,8 @@ class RewardCriterion(Strict):
 
 
 Criterion = Annotated[
-    Union[LengthPenaltyCriterion, TokenBudgetCriterion, GroupLengthCriterion, ShortestCorrectCriterion,
-          OverlongCriterion, StepValidityCriterion, FormatCriterion, LeanCriterion, RewardCriterion],
+    LengthPenaltyCriterion | TokenBudgetCriterion | GroupLengthCriterion | ShortestCorrectCriterion
+    | OverlongCriterion | StepValidityCriterion | FormatCriterion | LeanCriterion | RewardCriterion,
     Field(discriminator="name"),
 ]
 
@@ -227,10 +260,16 @@ Criterion = Annotated[
 class AblationCriticEditor(Strict):
     name: Literal["ablation_critic"] = Field(description="delete reasoning lines; keep a deletion when the answer "
                                                          "still verifies")
-    spans: bool = Field(True, description="regenerate mode: also try deleting the derivation before a step's result (a+b=c -> c)")
+    spans: bool = Field(
+        True, description="regenerate mode: also try deleting the derivation before a step's result (a+b=c -> c)")
     max_checks: int = Field(64, ge=1, description="at most this many verification rollouts per transcript")
-    mode: Literal["regenerate", "keep_rest"] = Field("regenerate", description="regenerate: delete a line and what follows, the policy writes the rest again (a habit comes back); keep_rest: delete the line alone, last line first, kept when the answer still verifies and the next line stays as likely")
-    max_surprise: float = Field(1.0, ge=0, description="keep_rest: how much less likely (nats a token) the next line may become without the deleted one")
+    mode: Literal["regenerate", "keep_rest"] = Field(
+        "regenerate", description="regenerate: delete a line and what follows, the policy "
+        "writes the rest again (a habit comes back); keep_rest: delete the line alone, last "
+        "line first, kept when the answer still verifies and the next line stays as likely")
+    max_surprise: float = Field(
+        1.0, ge=0, description="keep_rest: how much less likely (nats "
+        "a token) the next line may become without the deleted one")
 
 
 class LLMCriticEditor(Strict):
@@ -243,21 +282,27 @@ class LLMCriticEditor(Strict):
 class ParaphraseEditor(Strict):
     name: Literal["paraphrase"] = Field(description="rewrite the reasoning in other words (re-verified); with "
                                                     "probe_problems, the steganography probe")
-    model: str = Field("rules", description="'rules' (the task's rule-based rewriter), a local folder, a .gguf file or 'smollm2'")
+    model: str = Field(
+        "rules", description="'rules' (the task's rule-based rewriter), a local folder, a .gguf file or 'smollm2'")
     max_new_tokens: int = Field(128, ge=1, description="length cap of a model's paraphrase, in tokens "
                                                        "(not used by 'rules')")
     seed: int = Field(0, description="seed of the rule-based rewriter's choices ('rules')")
 
 
-Editor = Annotated[Union[AblationCriticEditor, LLMCriticEditor, ParaphraseEditor], Field(discriminator="name")]
+Editor = Annotated[AblationCriticEditor | LLMCriticEditor | ParaphraseEditor, Field(discriminator="name")]
 
 
 class Gate(Strict):
     """When a stage ends before its step budget."""
 
-    accuracy: float | None = Field(None, ge=0, le=1, description="leave the stage once held-out greedy accuracy reaches this")
-    patience: int | None = Field(None, ge=1, description="early stopping: also leave once held-out accuracy has gone this many evaluations in a row without beating its best by more than min_delta (explore: counted at max_level; latent: in the last curriculum phase; not for shrink, which trades accuracy for tokens). Off: null")
-    min_delta: float = Field(0.0, ge=0, le=1, description="patience: the gain over the best accuracy that counts as progress")
+    accuracy: float | None = Field(
+        None, ge=0, le=1, description="leave the stage once held-out greedy accuracy reaches this")
+    patience: int | None = Field(
+        None, ge=1, description="early stopping: also leave once held-out accuracy has gone this many evaluations in "
+        "a row without beating its best by more than min_delta (explore: counted at max_level; latent: in the last "
+        "curriculum phase; not for shrink, which trades accuracy for tokens). Off: null")
+    min_delta: float = Field(
+        0.0, ge=0, le=1, description="patience: the gain over the best accuracy that counts as progress")
 
 
 class StageBase(Strict):
@@ -300,9 +345,17 @@ class WarmStartStage(StageBase):
                                                    "digressions and all")
     levels: list[int] = Field(..., min_length=1, description="levels the demonstrations cover (the lowest ones)")
     digression_rate: float = Field(0.3, ge=0, le=1, description="chance of a digression after each gold step")
-    recheck: float = Field(0.0, ge=0, le=1, description="share of demonstrations with the re-check habit: every gold step followed by `check <step>` (greedy decoding keeps a habit, where it skips chance digressions)")
-    random_positions: float | None = Field(None, gt=0, description="randomised positions (Ruoss et al. 2023): each demonstration's tokens sit at sorted uniform draws on [0, span) instead of 0, 1, 2, ...; every later forward counts 0, 1, 2, ... So a model that saw only short demonstrations has already seen the distances a longer transcript brings. Set it to about the longest prompt plus completion the policy will decode; off: null")
-    pool_problems: int = Field(4000, ge=1, description="training problems per level the demonstrations are drawn from; a model memorises a pool it sees many times over (ProsQA's made-up names want tens of thousands)")
+    recheck: float = Field(
+        0.0, ge=0, le=1, description="share of demonstrations with the re-check habit: every gold step followed by "
+        "`check <step>` (greedy decoding keeps a habit, where it skips chance digressions)")
+    random_positions: float | None = Field(
+        None, gt=0, description="randomised positions (Ruoss et al. 2023): each demonstration's tokens sit at sorted "
+        "uniform draws on [0, span) instead of 0, 1, 2, ...; every later forward counts 0, 1, 2, ... So a model that "
+        "saw only short demonstrations has already seen the distances a longer transcript brings. Set it to about the "
+        "longest prompt plus completion the policy will decode; off: null")
+    pool_problems: int = Field(
+        4000, ge=1, description="training problems per level the demonstrations are drawn from; a model memorises a "
+        "pool it sees many times over (ProsQA's made-up names want tens of thousands)")
     batch_size: int = Field(64, ge=1, description="demonstrations per update")
     lr: float = Field(3e-3, gt=0, description="peak learning rate: linear warm-up, then a cosine down to a tenth "
                                               "of it by the stage's last step")
@@ -319,18 +372,26 @@ class ExploreStage(StageBase):
     start_level: int = Field(1, ge=1, description="the level the climb starts at")
     max_level: int = Field(..., ge=1, description="the highest level of the climb, where gate and patience are "
                                                   "judged")
-    promote_at: float = Field(0.8, ge=0, le=1, description="raise the level when held-out accuracy at the current one reaches this")
-    replay: float = Field(0.25, ge=0, lt=1, description="share of each batch drawn from lower levels, so the climb does not erase them")
-    lookahead: float = Field(0.0, ge=0, lt=1, description="share of each batch drawn from the level above the current one (up to max_level), so the next climb starts before the promotion")
-    dynamic_sampling: bool = Field(False, description="DAPO: resample problems whose group scored all alike (no signal)")
-    criteria: list[Criterion] = Field(default_factory=list, description="reward terms on top of correctness from the first step: the ablation the method warns against (leave empty; tighten in a shrink stage)")
+    promote_at: float = Field(
+        0.8, ge=0, le=1, description="raise the level when held-out accuracy at the current one reaches this")
+    replay: float = Field(
+        0.25, ge=0, lt=1, description="share of each batch drawn from lower levels, so the climb does not erase them")
+    lookahead: float = Field(
+        0.0, ge=0, lt=1, description="share of each batch drawn from the level above the current one (up to "
+        "max_level), so the next climb starts before the promotion")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO: resample problems whose group scored all alike (no signal)")
+    criteria: list[Criterion] = Field(
+        default_factory=list, description="reward terms on top of correctness from the first step: the ablation the "
+        "method warns against (leave empty; tighten in a shrink stage)")
 
     @model_validator(mode="after")
     def _levels(self):
         if self.max_level < self.start_level:
             raise ValueError(f"max_level ({self.max_level}) is below start_level ({self.start_level})")
         if self.replay + self.lookahead >= 1:
-            raise ValueError(f"replay + lookahead ({self.replay} + {self.lookahead}) leaves no problems at the current level")
+            raise ValueError(f"replay + lookahead ({self.replay} + {self.lookahead}) leaves no problems at the "
+                             "current level")
         check_criteria(self.criteria, self.sampling, self.learner)
         return self
 
@@ -341,47 +402,71 @@ class LatentStage(StageBase):
     policy answers with less and less visible reasoning. Loop: stages/latent.py."""
 
     kind: Literal["latent"] = Field(description="latent: internalise the reasoning (method: coconut or icot)")
-    method: Literal["coconut", "icot"] = Field(..., description="coconut: continuous thoughts (arXiv 2412.06769); icot: stepwise removal of reasoning tokens (arXiv 2405.14838)")
+    method: Literal["coconut", "icot"] = Field(
+        ..., description="coconut: continuous thoughts (arXiv 2412.06769); "
+        "icot: stepwise removal of reasoning tokens (arXiv 2405.14838)")
     levels: list[int] = Field(..., min_length=1, description="levels of the training problems")
-    source: Literal["policy", "gold"] = Field("policy", description="where the reasoning steps come from: policy: the current policy's own verified greedy transcripts (lines of its reasoning; the task's gold steps where it fails); gold: the task's gold steps")
+    source: Literal["policy", "gold"] = Field(
+        "policy", description="where the reasoning steps come from: policy: the current policy's own verified greedy "
+        "transcripts (lines of its reasoning; the task's gold steps where it fails); gold: the task's gold steps")
     pool_problems: int = Field(1000, ge=1, description="training problems per level")
     batch_size: int = Field(32, ge=1, description="training sequences per update")
     lr: float = Field(1e-3, gt=0, description="constant after warm-up; the optimizer is reset at every curriculum "
                                               "step (icot: each token more removed) until the last")
     warmup_steps: int = Field(0, ge=0, description="updates over which lr ramps up after each optimizer reset")
-    final_decay: bool = Field(False, description="in the last curriculum step (coconut: every step latent; icot: all reasoning removed), lr falls to 0 on a cosine by the stage's last step")
+    final_decay: bool = Field(
+        False, description="in the last curriculum step (coconut: every step latent; icot: all reasoning removed), lr "
+        "falls to 0 on a cosine by the stage's last step")
     max_new_tokens: int = Field(96, ge=1, description="completion cap for evaluation and answering")
     max_grad_norm: float = Field(1.0, gt=0, description="gradients are clipped to this global L2 norm before each "
                                                          "update")
     # COCONUT (paper names in brackets)
     thoughts_per_step: int = Field(1, ge=1, description="coconut: continuous thoughts per replaced step [c_thought]")
-    steps_per_stage: int = Field(100, ge=1, description="coconut: training steps per curriculum stage [epochs_per_stage, in steps]")
-    max_latent_stage: int = Field(3, ge=1, description="coconut: at most this many steps become thoughts one by one; the stage after replaces every step [max_latent_stage]")
-    start_stage: int = Field(0, ge=0, description="coconut: curriculum stage to begin at (0: full reasoning between empty <bot><eot> markers)")
+    steps_per_stage: int = Field(
+        100, ge=1, description="coconut: training steps per curriculum stage [epochs_per_stage, in steps]")
+    max_latent_stage: int = Field(
+        3, ge=1, description="coconut: at most this many steps become thoughts "
+        "one by one; the stage after replaces every step [max_latent_stage]")
+    start_stage: int = Field(
+        0, ge=0, description="coconut: curriculum stage to begin "
+        "at (0: full reasoning between empty <bot><eot> markers)")
     earlier_stage_share: float = Field(
         0.0, ge=0, lt=1, description="coconut: share of examples built at an earlier stage, uniform over 0..current-1, "
         "so the model can still reason in language (ours; the paper mixes in every stage: uniform_prob)")
     uniform_prob: float = Field(
         0.0, ge=0, le=1, description="coconut: probability that an example is built at a stage drawn uniformly from "
         "0..its number of steps, later stages included [uniform_prob]; drawn before earlier_stage_share")
-    marker_init: str = Field(" ", description="coconut: text whose first token's embedding the new <bot>, <eot>, <thought> start from ('' for the mean embedding, which disrupts a small model)")
-    thought_scale: Literal["hidden", "embedding"] = Field("hidden", description="coconut: hidden: feed the last hidden state back as it is (the paper); embedding: rescale it to the mean input-embedding norm (a small model's final-norm output is far longer than its embeddings)")
-    thought_targets: bool = Field(False, description="coconut: also train each continuous thought to predict one of the last c tokens of the step it replaces (on arith, its running value), so the thoughts learn what to carry; the paper leaves them unsupervised")
+    marker_init: str = Field(
+        " ", description="coconut: text whose first token's embedding the new <bot>, <eot>, <thought> start from ('' "
+        "for the mean embedding, which disrupts a small model)")
+    thought_scale: Literal["hidden", "embedding"] = Field(
+        "hidden", description="coconut: hidden: feed the last hidden state back as "
+        "it is (the paper); embedding: rescale it to the mean input-embedding norm "
+        "(a small model's final-norm output is far longer than its embeddings)")
+    thought_targets: bool = Field(
+        False, description="coconut: also train each continuous thought to predict one "
+        "of the last c tokens of the step it replaces (on arith, its running value), "
+        "so the thoughts learn what to carry; the paper leaves them unsupervised")
     # iCoT
     remove_tokens: int = Field(8, ge=1, description="icot: reasoning tokens removed per remove_every_steps steps, "
                                                      "a token at a time [remove_per_epoch]")
     remove_every_steps: int = Field(100, ge=1, description="icot: training steps over which remove_tokens more "
                                                            "tokens go (our epoch)")
     remove_start: int = Field(0, ge=0, description="icot: tokens removed from the start [remove_start_from]")
-    smoothing_lambda: float | None = Field(4.0, gt=0, description="icot: removal smoothing, P(offset o) ∝ exp(-λ o); null turns it off [removal_smoothing_lambda]")
+    smoothing_lambda: float | None = Field(
+        4.0, gt=0, description="icot: removal smoothing, P(offset o) "
+        "∝ exp(-λ o); null turns it off [removal_smoothing_lambda]")
     max_offset: int = Field(8, ge=0, description="icot: largest smoothing offset drawn")
-    drop_all_after: int | None = Field(None, ge=0, description="icot: once the scheduled removal reaches this many tokens, remove all reasoning [remove_all_when_remove_beyond]")
+    drop_all_after: int | None = Field(
+        None, ge=0, description="icot: once the scheduled removal reaches this "
+        "many tokens, remove all reasoning [remove_all_when_remove_beyond]")
 
     @model_validator(mode="after")
     def _method_fields(self):
-        coconut_only = {"thoughts_per_step", "steps_per_stage", "max_latent_stage", "start_stage", "earlier_stage_share",
-                        "uniform_prob", "marker_init", "thought_scale", "thought_targets"}
-        icot_only = {"remove_tokens", "remove_every_steps", "remove_start", "smoothing_lambda", "max_offset", "drop_all_after"}
+        coconut_only = {"thoughts_per_step", "steps_per_stage", "max_latent_stage", "start_stage",
+                        "earlier_stage_share", "uniform_prob", "marker_init", "thought_scale", "thought_targets"}
+        icot_only = {"remove_tokens", "remove_every_steps", "remove_start", "smoothing_lambda", "max_offset",
+                     "drop_all_after"}
         # a dumped config (a run's config.yaml, `shrinkthink config --defaults`) sets every field to
         # its default: only a value the other method would read is a mistake
         foreign = {name for name in (icot_only if self.method == "coconut" else coconut_only) & self.model_fields_set
@@ -389,7 +474,8 @@ class LatentStage(StageBase):
         if foreign:
             raise ValueError(f"{', '.join(sorted(foreign))}: not a field of method '{self.method}'")
         if self.method == "coconut" and self.start_stage > self.max_latent_stage + 1:
-            raise ValueError(f"start_stage ({self.start_stage}) is past the last stage (max_latent_stage + 1 = {self.max_latent_stage + 1})")
+            raise ValueError(f"start_stage ({self.start_stage}) is past the last stage "
+                             f"(max_latent_stage + 1 = {self.max_latent_stage + 1})")
         if self.method == "coconut" and self.final_decay:
             last = (self.max_latent_stage + 1 - self.start_stage) * self.steps_per_stage
             if last >= self.steps:
@@ -404,20 +490,35 @@ class ShrinkStage(StageBase):
     stages/shrink.py."""
 
     kind: Literal["shrink"] = Field(description="shrink: tighten the criteria now that the model can solve")
-    levels: list[int] | None = Field(None, min_length=1, description="levels problems are drawn from (default: task.eval_levels)")
+    levels: list[int] | None = Field(
+        None, min_length=1, description="levels problems are drawn from (default: task.eval_levels)")
     criteria: list[Criterion] = Field(default_factory=list, description="reward terms on top of correctness")
-    editors: list[Editor] = Field(default_factory=list, description="rewrite this step's winners; fine-tune on the re-verified edits")
+    editors: list[Editor] = Field(
+        default_factory=list, description="rewrite this step's winners; fine-tune on the re-verified edits")
     rl: bool = Field(True, description="update the policy by RL under the criteria every step")
-    finetune_every: int = Field(1, ge=1, description="steps between fine-tuning steps on edited winners (when editors are set)")
+    finetune_every: int = Field(
+        1, ge=1, description="steps between fine-tuning steps on edited winners (when editors are set)")
     finetune_lr: float = Field(1e-4, gt=0, description="learning rate of the fine-tuning on edited winners")
     finetune_batches: int = Field(1, ge=1, description="fine-tuning steps on each set of edits")
-    tolerance: float = Field(0.01, ge=0, le=1, description="the drop in validation accuracy below the stage's start that is accepted; controllers back off (and restore_best and the gate count an evaluation as not held) only when the drop exceeds it by more than noise_z standard errors")
-    noise_z: float = Field(2.0, ge=0, description="how many standard errors of the paired difference (the same validation problems at the stage's start and now) a drop must exceed the tolerance by to count, so that a dip the size of the evaluation's noise does not back a controller off; 0: any drop past the tolerance counts")
-    reladder: bool = Field(False, description="start at the lowest level and climb back, gated by promote_at, with the criteria on")
-    promote_at: float = Field(0.8, ge=0, le=1, description="reladder: raise the level when held-out accuracy at the current one reaches this")
+    tolerance: float = Field(
+        0.01, ge=0, le=1, description="the drop in validation accuracy below the stage's start that is accepted; "
+        "controllers back off (and restore_best and the gate count an evaluation as not held) only when the drop "
+        "exceeds it by more than noise_z standard errors")
+    noise_z: float = Field(
+        2.0, ge=0, description="how many standard errors of the paired difference (the same validation problems at "
+        "the stage's start and now) a drop must exceed the tolerance by to count, so that a dip the size of the "
+        "evaluation's noise does not back a controller off; 0: any drop past the tolerance counts")
+    reladder: bool = Field(
+        False, description="start at the lowest level and climb back, gated by promote_at, with the criteria on")
+    promote_at: float = Field(
+        0.8, ge=0, le=1, description="reladder: raise the level when held-out accuracy at the current one reaches this")
     replay: float = Field(0.25, ge=0, lt=1, description="reladder: share of each batch from lower levels")
-    restore_best: bool = Field(True, description="end with the evaluated policy with the fewest reasoning tokens whose accuracy held within the tolerance; among those within 2% of the fewest, the most accurate")
-    probe_problems: int = Field(32, ge=0, description="held-out transcripts for the steganography probe at each evaluation (with a paraphrase editor)")
+    restore_best: bool = Field(
+        True, description="end with the evaluated policy with the fewest reasoning tokens whose accuracy held within "
+        "the tolerance; among those within 2% of the fewest, the most accurate")
+    probe_problems: int = Field(
+        32, ge=0, description="held-out transcripts for the steganography "
+        "probe at each evaluation (with a paraphrase editor)")
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="the RL update (rl: true)")
     sampling: Sampling = Field(default_factory=Sampling, description="how completions are sampled")
 
@@ -430,7 +531,7 @@ class ShrinkStage(StageBase):
         return self
 
 
-Stage = Annotated[Union[WarmStartStage, ExploreStage, ShrinkStage, LatentStage], Field(discriminator="kind")]
+Stage = Annotated[WarmStartStage | ExploreStage | ShrinkStage | LatentStage, Field(discriminator="kind")]
 
 
 class RunConfig(Strict):
@@ -532,7 +633,8 @@ def format_validation_error(error: ValidationError, source: str) -> str:
         message = "unknown field"
     elif first["type"] == "union_tag_invalid":
         context = first.get("ctx", {})
-        message = f"unknown {context.get('discriminator', 'kind').strip(chr(39))} {context.get('tag')!r} (known: {context.get('expected_tags')})"
+        message = (f"unknown {context.get('discriminator', 'kind').strip(chr(39))} {context.get('tag')!r} "
+                   f"(known: {context.get('expected_tags')})")
     more = len(error.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{source}: {field or 'config'}: {message}{suffix}"

@@ -294,7 +294,7 @@ class LeanProof(Criterion):
     name = "lean"
     gate = True
 
-    def __init__(self, checker: "LeanChecker") -> None:
+    def __init__(self, checker: LeanChecker) -> None:
         self.checker = checker
 
     def __call__(self, batch: Batch) -> list[float]:

@@ -162,7 +162,7 @@ class LlamaDecoder:
             # A padding query may see no key at all; letting it see itself keeps softmax finite.
             allowed[:, :, torch.arange(width), torch.arange(start, end)] = True
         q_heads, kv_heads = self.heads, self.kv_heads
-        for index, layer in enumerate(self.core.layers):
+        for index, _layer in enumerate(self.core.layers):
             eps_attention, eps_mlp = self.eps[index]
             x = F.rms_norm(hidden, (hidden.shape[-1],), self.norms[index][0].to(dtype), eps_attention)
             qkv = self.qkv[index](x).view(batch, width, q_heads + 2 * kv_heads, self.head_dim)
@@ -181,7 +181,8 @@ class LlamaDecoder:
             else:
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, scale=self.scaling,
                                                      enable_gqa=self.heads != self.kv_heads)
-            out = out.transpose(1, 2).reshape(batch, -1) if width == 1 else out.transpose(1, 2).reshape(batch, width, -1)
+            out = (out.transpose(1, 2).reshape(batch, -1) if width == 1
+                   else out.transpose(1, 2).reshape(batch, width, -1))
             hidden = self.o[index](out, residual=hidden)
             x = F.rms_norm(hidden, (hidden.shape[-1],), self.norms[index][1].to(dtype), eps_mlp)
             gate, up = self.gate_up[index](x).chunk(2, dim=-1)
@@ -204,7 +205,7 @@ class LlamaDecoder:
         cos, signed = self._rope(hidden, positions)
         cos, signed = cos[:, 0], signed[:, 0]  # [B, 1, D]
         bias = self.bias.view(batch * kv_heads, 1, -1)[:, :, :end]
-        for index, layer in enumerate(self.core.layers):
+        for index, _layer in enumerate(self.core.layers):
             eps_attention, eps_mlp = self.eps[index]
             x = F.rms_norm(hidden, (hidden.shape[-1],), self.norms[index][0], eps_attention).to(mm)
             qkv = self.qkv[index](x).float().view(batch, heads + 2 * kv_heads, dim)
@@ -300,7 +301,7 @@ class Projection:
     221 us for q/k/v, 286 against 844 us for gate/up, 5.5 against 17.4 ms for the vocabulary
     head (`bench/matmul.py`).
     Elsewhere (a GPU, a dtype oneDNN cannot prepack here) the weight is stored transposed and
-    contiguous for `mm`/`addmm` (on the Intel CPU of earlier sessions those took 4.4 us at batch
+    contiguous for `mm`/`addmm` (on an Intel CPU with AMX those took 4.4 us at batch
     8 x 128 against 9.4 us for `F.linear`)."""
 
     def __init__(self, linears, dtype: torch.dtype, batch: int) -> None:

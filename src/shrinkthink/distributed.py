@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -70,7 +71,8 @@ def setup(device: torch.device) -> None:
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise SetupError(f"rank {os.environ.get('RANK', '0')}: {os.environ.get('WORLD_SIZE')} ranks could not meet "
-                         f"({backend} at {where}): {reason}; `--procs 1` (or `procs: 1`) runs in one process") from error
+                         f"({backend} at {where}): {reason}; "
+                         "`--procs 1` (or `procs: 1`) runs in one process") from error
 
 
 def threads_per_rank() -> int:
@@ -156,7 +158,8 @@ def sync_gradients(parameters, sums: Sequence[float] = ()) -> list[float]:
         return list(sums)
     device = parameters[0].device
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = torch.cat([g.reshape(-1).float() for g in grads] + [torch.tensor(list(sums), dtype=torch.float32, device=device)])
+    flat = torch.cat([g.reshape(-1).float() for g in grads]
+                     + [torch.tensor(list(sums), dtype=torch.float32, device=device)])
     dist.all_reduce(flat)
     offset = 0
     for parameter, grad in zip(parameters, grads):

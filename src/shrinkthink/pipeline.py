@@ -47,7 +47,8 @@ def run_levels(config: RunConfig) -> list[tuple[str, int]]:
     named = [("task.eval_levels", level) for level in config.task.eval_levels]
     for i, stage in enumerate(config.stages):
         named += [(f"stages.{i}.levels", level) for level in getattr(stage, "levels", None) or []]
-        named += [(f"stages.{i}.{field}", getattr(stage, field)) for field in ("start_level", "max_level") if hasattr(stage, field)]
+        named += [(f"stages.{i}.{field}", getattr(stage, field)) for field in ("start_level", "max_level")
+                  if hasattr(stage, field)]
     return named
 
 
@@ -66,7 +67,8 @@ def check_levels(config: RunConfig, task) -> None:
     """Every level the config names must exist in the task; the error names the field."""
     for field, level in run_levels(config):
         if not task.min_level <= level <= task.max_level:
-            raise UserError(f"{field}: level {level} is outside task {task.name}'s levels {task.min_level}..{task.max_level}")
+            raise UserError(f"{field}: level {level} is outside task {task.name}'s levels "
+                            f"{task.min_level}..{task.max_level}")
 
 
 def check_stages(config: RunConfig, task, device, rewards: Mapping[str, Callable[..., Any]] | None = None) -> None:
@@ -141,7 +143,8 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
         run.truncate_metrics(lambda record: False)  # lines of a run that crashed before any checkpoint
         policy = fresh_policy
     # ranks built their policies from the same seed and corpus; make sure of it
-    distributed.check_replicated("the tokenizer", zlib.crc32(json.dumps(sorted(policy.tokenizer.get_vocab().items())).encode()))
+    distributed.check_replicated("the tokenizer",
+                                 zlib.crc32(json.dumps(sorted(policy.tokenizer.get_vocab().items())).encode()))
     distributed.broadcast_parameters(policy.model)
     summary["model_parameters"] = sum(p.numel() for p in policy.model.parameters())
     summary["allocator"] = allocator.loaded()

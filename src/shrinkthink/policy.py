@@ -33,7 +33,8 @@ def model_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
 def with_lora(model, lora, seed: int = 0):
     """`model` wrapped with trainable LoRA adapters (peft), everything else frozen."""
     try:
-        from peft import LoraConfig as PeftLoraConfig, get_peft_model
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
     except ImportError:
         from shrinkthink.errors import UserError
 
@@ -85,7 +86,7 @@ class Policy:
 
     @classmethod
     def from_config(cls, config: ModelConfig, device: torch.device, seed: int = 0,
-                    corpus: Iterable[str] | None = None) -> "Policy":
+                    corpus: Iterable[str] | None = None) -> Policy:
         """A fresh policy. A tiny model with `tokenizer: bpe` trains its merges on `corpus` (the
         task's training text: `pipeline.tokenizer_corpus`)."""
         if config.kind == "tiny":
@@ -108,7 +109,7 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu",
-             config: ModelConfig | None = None) -> "Policy":
+             config: ModelConfig | None = None) -> Policy:
         """A saved policy; `config` (the run's model config) chooses the dtype, the attention kernel
         and gradient checkpointing. A checkpoint with an `adapter/` folder gets its LoRA adapter
         back, trainable."""
@@ -150,7 +151,8 @@ class Policy:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids) if text else 0
 
     @torch.no_grad()
-    def logprobs(self, prompts: list[list[int]], completions: list[list[int]], batch_size: int = 64) -> list[list[float]]:
+    def logprobs(self, prompts: list[list[int]], completions: list[list[int]],
+                 batch_size: int = 64) -> list[list[float]]:
         """Teacher-forced log p(token) of each completion token after its prompt (the ablation
         critic's likelihood guard). Leaves the model in eval mode."""
         # imported here: the learners package imports this module

@@ -30,7 +30,7 @@ class Samples:
     tokens: int
 
     @classmethod
-    def concat(cls, parts) -> "Samples":
+    def concat(cls, parts) -> Samples:
         """The rows of `parts`, in order, as one `Samples`."""
         return cls(
             completion_ids=[c for p in parts for c in p.completion_ids],

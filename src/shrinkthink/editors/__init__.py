@@ -103,7 +103,8 @@ def build_editors(configs: list, task: Task, device, field: str = "editors") -> 
     for i, c in enumerate(configs):
         where = f"{field}.{i}.model"
         if c.name == "ablation_critic":
-            built.append(AblationCritic(spans=c.spans, max_checks=c.max_checks, mode=c.mode, max_surprise=c.max_surprise))
+            built.append(AblationCritic(spans=c.spans, max_checks=c.max_checks, mode=c.mode,
+                                        max_surprise=c.max_surprise))
         elif c.name == "llm_critic":
             critic = None if c.model == "policy" else load_helper_model(c.model, where, device)
             built.append(LLMCritic(critic, c.max_new_tokens))

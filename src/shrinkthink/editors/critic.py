@@ -72,7 +72,8 @@ class AblationCritic(Editor):
                 edits[k].forward_passes += result.forward_passes
                 if k in accepted or not result.correct:
                     continue
-                if policy.count_tokens(reasoning_part(result.text)) < policy.count_tokens(reasoning_part(edits[k].after)):
+                if (policy.count_tokens(reasoning_part(result.text))
+                        < policy.count_tokens(reasoning_part(edits[k].after))):
                     accepted[k] = (kind, result.text)
             for k in {k for k, _, _ in candidates}:
                 if k in accepted:
@@ -85,7 +86,8 @@ class AblationCritic(Editor):
                     position[k] += 1
         return edits
 
-    def _keep_rest(self, policy: Policy, task: Task, items: list[tuple[Problem, str]], max_new_tokens: int) -> list[Edit]:
+    def _keep_rest(self, policy: Policy, task: Task, items: list[tuple[Problem, str]],
+                   max_new_tokens: int) -> list[Edit]:
         edits = [Edit(problem, text, text) for problem, text in items]
         lines = [reasoning_lines(text) for _, text in items]
         answers = [ANSWER_PREFIX + (task.extract(text) or "") for _, text in items]
@@ -104,7 +106,8 @@ class AblationCritic(Editor):
             for k in candidates:
                 following_ids = policy.tokenizer(following[k], add_special_tokens=False).input_ids
                 for before in (lines[k][: position[k] + 1], lines[k][: position[k]]):
-                    prompts.append(prompt_ids[k] + policy.tokenizer(prefix_text(before), add_special_tokens=False).input_ids)
+                    prompts.append(prompt_ids[k]
+                                   + policy.tokenizer(prefix_text(before), add_special_tokens=False).input_ids)
                     completions.append(following_ids)
             scores = policy.logprobs(prompts, completions)
             for j, (k, result) in enumerate(zip(candidates, results)):
@@ -145,10 +148,11 @@ class LLMCritic(Editor):
         edits = [Edit(problem, text, text) for problem, text in items]
         lines = [reasoning_lines(text) for _, text in items]
         questions = []
-        for (problem, text), steps in zip(items, lines):
+        for (_problem, text), steps in zip(items, lines):
             numbered = "\n".join(f"{i + 1}. {line}" for i, line in enumerate(steps))
             questions.append(CRITIC_PROMPT.format(steps=numbered, answer=task.extract(text) or ""))
-        replies = critic.sample([critic.prompt_ids(q) for q in questions], max_new_tokens=self.max_new_tokens, greedy=True)
+        replies = critic.sample([critic.prompt_ids(q) for q in questions], max_new_tokens=self.max_new_tokens,
+                                greedy=True)
         kept: list[tuple[int, list[str]]] = []
         for k, ids in enumerate(replies.completion_ids):
             edits[k].forward_passes += max(1, len(ids))
@@ -160,7 +164,8 @@ class LLMCritic(Editor):
         for (k, _), result in zip(kept, results):
             edits[k].checks += 1
             edits[k].forward_passes += result.forward_passes
-            shorter = policy.count_tokens(reasoning_part(result.text)) < policy.count_tokens(reasoning_part(edits[k].before))
+            shorter = (policy.count_tokens(reasoning_part(result.text))
+                       < policy.count_tokens(reasoning_part(edits[k].before)))
             if result.correct and shorter:
                 edits[k].after = result.text
         return edits

@@ -35,11 +35,13 @@ class Paraphraser(Editor):
         lines = [reasoning_lines(text) for _, text in items]
         if self.model is None:
             # seeded per transcript, so a resumed run rewrites exactly as the crashed one did
-            return [task.paraphrase(problem, "\n".join(ls), random.Random(f"{self.seed}:{problem.id}:{text}")).split("\n")
+            return [task.paraphrase(problem, "\n".join(ls),
+                                    random.Random(f"{self.seed}:{problem.id}:{text}")).split("\n")
                     if ls else [] for (problem, text), ls in zip(items, lines)], [0] * len(items)
         prompts = [self.model.prompt_ids(PARAPHRASE_PROMPT.format(steps="\n".join(ls))) for ls in lines]
         replies = self.model.sample(prompts, max_new_tokens=self.max_new_tokens, greedy=True)
-        rewritten = [[line for line in self.model.decode(ids).split("\n") if line.strip()] for ids in replies.completion_ids]
+        rewritten = [[line for line in self.model.decode(ids).split("\n") if line.strip()]
+                     for ids in replies.completion_ids]
         return rewritten, [max(1, len(ids)) for ids in replies.completion_ids]
 
     def edit(self, policy: Policy, task: Task, items: list[tuple[Problem, str]], max_new_tokens: int) -> list[Edit]:

@@ -117,7 +117,8 @@ class Learner:
                               or any(p.dtype != torch.float32 for p in policy.model.parameters()))
         self.optimizer = make_optimizer(policy, config.lr)
         warmup = max(1, config.warmup_steps)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda update: min(1.0, (update + 1) / warmup))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                          lambda update: min(1.0, (update + 1) / warmup))
         # mixed precision: only the forward and backward run under bfloat16 autocast
         self.autocast = torch.autocast(policy.device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
         self.reference = None

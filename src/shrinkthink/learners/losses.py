@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-
 SCALES = ("group", "batch", "none")  # `LearnerConfig.scale_rewards`
 
 

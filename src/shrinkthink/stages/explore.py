@@ -90,7 +90,8 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
     learner = Learner(policy, stage.learner, stage.sampling.temperature,
                       max_new_tokens=stage.sampling.max_new_tokens, sampler_dtype=stage.sampling.dtype)
     ctx.anchor_reference(learner)
-    pools = {lv: task.problems(lv, POOL_PER_LEVEL, "train", seed=seed) for lv in range(task.min_level, stage.max_level + 1)}
+    pools = {lv: task.problems(lv, POOL_PER_LEVEL, "train", seed=seed)
+             for lv in range(task.min_level, stage.max_level + 1)}
     level, start = stage.start_level, 0
     reference_tokens = None  # criteria only: the first batch's mean reasoning tokens
     plateau = Plateau(stage.gate.patience, stage.gate.min_delta)  # counted at max_level only
@@ -118,7 +119,8 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
             if not flat:
                 break
             rounds += 1
-            extra, more = rollout(ctx, stage, draw_problems(pools, level, len(flat), stage.replay, rng, stage.lookahead))
+            extra, more = rollout(ctx, stage,
+                                  draw_problems(pools, level, len(flat), stage.replay, rng, stage.lookahead))
             info = {k: info[k] + more[k] for k in info}
             keep = [g for g in groups if g not in flat]
             offset = len(episodes)
@@ -140,7 +142,8 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
             "level": level,
             **batch_record(used, criteria, info, sample_seconds),
             "train_accuracy_level": train_accuracy(used, level),
-            **({"train_accuracy_ahead": train_accuracy(used, level + 1)} if stage.lookahead and level < stage.max_level else {}),
+            **({"train_accuracy_ahead": train_accuracy(used, level + 1)}
+               if stage.lookahead and level < stage.max_level else {}),
             "zero_variance_share": zero_variance,
             "resample_rounds": rounds,
             "seconds": seconds,

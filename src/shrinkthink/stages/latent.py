@@ -100,7 +100,8 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
     prompts = [policy.prompt_ids(p.prompt) for p in problems]
     step_ids = [[ids(s + "\n") for s in row] for row in steps]
     # what `thought_targets` reads: each step without its line break
-    step_text_ids = [[ids(s) for s in row] for row in steps] if stage.method == "coconut" and stage.thought_targets else []
+    step_text_ids = ([[ids(s) for s in row] for row in steps]
+                     if stage.method == "coconut" and stage.thought_targets else [])
     answers = [policy.completion_ids(ANSWER_PREFIX + p.answer) for p in problems]
     longest = max(sum(len(s) for s in row) for row in step_ids)
 
@@ -186,7 +187,7 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
             if distributed.world() > 1:
                 counts = (sum(map(sum, masks)), sum(t >= 0 for c in contents for t in c))
             if mine:
-                def pick(values: list) -> list:
+                def pick(values: list, mine: list[int] = mine) -> list:
                     return [values[j] for j in mine] if values else values
 
                 batch_ids, attention, loss_mask = coconut.pad_aligned(pick(rows), pick(masks), pick(anchors),
@@ -211,7 +212,8 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
             removed, targets = [], []
             for i in batch:
                 reasoning = [t for s in step_ids[i] for t in s]
-                cut = icot.tokens_to_remove(phase, icot.sample_offset(offsets, rng), len(reasoning), stage.drop_all_after)
+                cut = icot.tokens_to_remove(phase, icot.sample_offset(offsets, rng), len(reasoning),
+                                            stage.drop_all_after)
                 removed.append(cut)
                 targets.append(icot.icot_target(reasoning, answers[i], cut))
             loss = supervised_step(policy, optimizer, [prompts[i] for i in batch], targets, stage.max_grad_norm)

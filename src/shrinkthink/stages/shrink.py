@@ -44,7 +44,6 @@ from shrinkthink.records import Episode, Problem
 from shrinkthink.stages import StageContext, StageResult, load_weights
 from shrinkthink.stages.explore import POOL_PER_LEVEL, batch_record, draw_problems, rollout
 
-
 TOKEN_TIE = 0.02  # reasoning-token counts this close to the fewest are a tie, broken by accuracy
 
 
@@ -54,7 +53,8 @@ def next_best(best: dict, step: int, accuracy: float, tokens: float) -> tuple[di
     `TOKEN_TIE` below the best's), or more accurate on the plateau of the fewest tokens seen so far
     (within `TOKEN_TIE` above them, so a run of ties cannot creep upwards)."""
     fewest = min(best.get("fewest", best["tokens"]), tokens)
-    if tokens < best["tokens"] * (1 - TOKEN_TIE) or (tokens <= fewest * (1 + TOKEN_TIE) and accuracy > best["accuracy"]):
+    if (tokens < best["tokens"] * (1 - TOKEN_TIE)
+            or (tokens <= fewest * (1 + TOKEN_TIE) and accuracy > best["accuracy"])):
         return {"step": step, "accuracy": accuracy, "tokens": tokens, "fewest": fewest}, True
     return {**best, "fewest": fewest}, False
 

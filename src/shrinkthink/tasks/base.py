@@ -165,7 +165,8 @@ class Task(ABC):
         upcoming = self.step_forms(problem, step_index + 1) if step_index + 1 < len(steps) else set()
         for _ in range(20):
             line = self.digression(problem, step_index, rng)
-            if line.strip() and self.canonical_step(problem, line) not in upcoming and ANSWER_PREFIX.strip() not in line:
+            if (line.strip() and self.canonical_step(problem, line) not in upcoming
+                    and ANSWER_PREFIX.strip() not in line):
                 return line
         return "hmm"
 
@@ -212,7 +213,8 @@ class Task(ABC):
     def is_next_step(self, problem: Problem, index: int, line: str, taken: list[str]) -> bool:
         """Whether `line` is step `index` of the transcript's chain, after its necessary lines
         `taken`: by default, when it says gold step `index` in a spelling the task accepts."""
-        return index < len(problem.steps or []) and self.canonical_step(problem, line) in self.step_forms(problem, index)
+        return (index < len(problem.steps or [])
+                and self.canonical_step(problem, line) in self.step_forms(problem, index))
 
     # --- strict criteria and editors (built-in tasks) -------------------------------------
     has_step_checker: ClassVar[bool] = False

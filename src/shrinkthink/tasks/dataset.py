@@ -1,6 +1,7 @@
 """Questions and answers from anything the Hugging Face `datasets` library reads: a local file (json,
 jsonl, csv, tsv, parquet, arrow, compressed or not), a folder saved with `save_to_disk` or of data
-files, or a dataset name already in the local `datasets` cache (no download: runs are offline).
+files, or a dataset name, resolved as `datasets` does: the local cache first, a download only where the
+environment allows it (`HF_HUB_OFFLINE=1` is honoured).
 
     task:
       name: datasets
@@ -76,18 +77,14 @@ def load_source(path: str, subset: str | None) -> dict[str, Any]:
             loaded = datasets.load_dataset(builder_of(source), data_files=str(source))
         elif source.is_dir() and any((source / f).is_file() for f in ("dataset_dict.json", "dataset_info.json")):
             loaded = datasets.load_from_disk(str(source))
-        else:  # a folder of data files, or a name in the local cache: never a download
-            offline, datasets.config.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE, True
-            try:
-                loaded = datasets.load_dataset(path, subset)
-            finally:
-                datasets.config.HF_HUB_OFFLINE = offline
+        else:  # a folder of data files, or a dataset name
+            loaded = datasets.load_dataset(path, subset)
     except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as error:
         detail = " ".join(str(error).split())
         if source.exists():
             raise UserError(f"task.options.path: cannot read '{path}' ({detail})") from None
-        raise UserError(f"task.options.path: '{path}' is not a file or folder, nor a dataset in the local "
-                        f"datasets cache ({detail})") from None
+        raise UserError(f"task.options.path: '{path}' is not a file or folder, nor a dataset in the local cache "
+                        f"or on the hub ({detail})") from None
     finally:
         if not quiet:
             datasets.enable_progress_bars()
@@ -113,7 +110,7 @@ def column_names(columns: dict[str, str | None] | None, parts: dict[str, Any], p
     if unknown:
         raise UserError(f"task.options.columns: unknown key '{unknown[0]}' (known: {', '.join(REQUIRED + OPTIONAL)})")
     present = list(next(iter(parts.values())).column_names) if parts else []
-    for split, data in parts.items():  # every split must have what the first has
+    for data in parts.values():  # every split must have what the first has
         present = [c for c in present if c in data.column_names]
     names = {}
     for key in REQUIRED + OPTIONAL:

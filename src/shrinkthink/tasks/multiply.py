@@ -38,7 +38,8 @@ class MultiplyTask(Task):
     description = "L-digit by L-digit multiplication, digits reversed as in iCoT: 3142*53=?"
     max_level = 9
 
-    def __init__(self, digits: list[int] | None = None, fixed_width: bool = True, heldout_fraction: float = 0.2) -> None:
+    def __init__(self, digits: list[int] | None = None, fixed_width: bool = True,
+                 heldout_fraction: float = 0.2) -> None:
         super().__init__(heldout_fraction)
         if not isinstance(fixed_width, bool):
             raise ValueError(f"fixed_width must be true or false, got {fixed_width!r}")

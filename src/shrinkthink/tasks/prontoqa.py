@@ -13,9 +13,9 @@ the first, and the question whether the person has the property.
 Gold steps walk the chain as ProntoQA's chain of thought does, each rule before what it
 concludes, a hop a line (`Tom is a dak.`, `Every dak is a wum. Tom is a wum.`, `Every wum is not
 bright. Tom is not bright.`), and the answer is `True` or `False`; level L is the number of
-concept-to-concept hops before the property. The distractor chain carries the opposite property, so the property word alone never
-tells the answer (ProntoQA's distractors); some concepts on the path carry properties the
-question does not ask about.
+concept-to-concept hops before the property. The distractor chain carries the opposite property,
+so the property word alone never tells the answer (ProntoQA's distractors); some concepts on the
+path carry properties the question does not ask about.
 
     python -c "import random; from shrinkthink.tasks.prontoqa import ProntoQATask; \\
         print(ProntoQATask().generate(3, random.Random(0)).prompt)"
@@ -89,7 +89,8 @@ class ProntoQATask(Task):
         prompt = "\n".join([*facts, f"True or false: {person} is {said(asked, query)}."])
         # ProntoQA's chain of thought, each rule it uses written before its conclusion: a line a hop
         ends = [f"a {c}" for c in path[1:]] + [said(asked, holds)]
-        steps = [f"{person} is a {path[0]}."] + [f"Every {c} is {end}. {person} is {end}." for c, end in zip(path, ends)]
+        steps = [f"{person} is a {path[0]}."] + [f"Every {c} is {end}. {person} is {end}."
+                                                 for c, end in zip(path, ends)]
         return Problem(
             id=problem_id(self.name, level, prompt),
             prompt=prompt,

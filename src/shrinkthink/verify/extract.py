@@ -109,8 +109,8 @@ def _last_hashes(text: str) -> str | None:
 
 def _last_number(text: str) -> str | None:
     last = None
-    for last in _NUMBER.finditer(text):
-        pass
+    for match in _NUMBER.finditer(text):
+        last = match
     return last.group(0) if last else None
 
 
