@@ -18,7 +18,6 @@ transcripts only.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import numbers
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shrinkthink.dotted import import_dotted
 from shrinkthink.errors import UserError
 from shrinkthink.records import Episode
 from shrinkthink.tasks.base import ANSWER_PREFIX, Task, reasoning_part
@@ -413,15 +413,7 @@ def user_reward(config: Any, rewards: Mapping[str, Callable[..., Any]], where: s
         function, default = rewards[path], path
     elif ":" in path:
         module_name, _, attribute = path.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            detail = " ".join(str(exc).split())
-            raise UserError(f"{where}.function: cannot import '{module_name}' ({detail})") from None
-        function = module
-        for part in attribute.split("."):
-            function = getattr(function, part, None)
-        default = attribute.split(".")[-1]
+        function, default = import_dotted(path, f"{where}.function"), attribute.split(".")[-1]
         if function is None:
             raise UserError(f"{where}.function: module '{module_name}' has no '{attribute}'")
     else:

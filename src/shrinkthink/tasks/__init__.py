@@ -9,10 +9,10 @@ the edge, no plugin framework.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any
 
+from shrinkthink.dotted import import_dotted
 from shrinkthink.errors import UserError
 from shrinkthink.tasks.arith import ArithTask
 from shrinkthink.tasks.base import ANSWER_PREFIX, Task, gold_completion, reasoning_part, split_of
@@ -102,13 +102,7 @@ def _build(cls: type[Task], name: str, options: dict[str, Any]) -> Task:
 
 def _import_task(path: str) -> type[Task]:
     """The class at `package.module:ClassName`, which must subclass Task."""
-    module_name, _, class_name = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        detail = " ".join(str(exc).split())
-        raise UserError(f"task.name: cannot import '{module_name}' ({detail})") from None
-    cls = getattr(module, class_name, None)
+    cls = import_dotted(path, "task.name")
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise UserError(f"task.name: '{path}' is not a shrinkthink Task subclass")
     return cls
