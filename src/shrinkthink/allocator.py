@@ -2,7 +2,7 @@
 
 glibc's malloc is slow for what a training loop asks of it, thousands of tensors a step, freed as
 fast as they are made; jemalloc and tcmalloc keep such memory for reuse. PyTorch's own CPU launcher
-(`python -m torch.backends.xeon.run_cpu`) preloads one for the same reason. On the dev CPU, on two
+(`python -m torch.backends.xeon.run_cpu`) preloads one for the same reason. On a 2-core AMD EPYC, on two
 ranks, the quickstart's stages ran 1.19x faster with jemalloc than with glibc's malloc, and 1.19x
 faster again with tcmalloc, computing the same numbers to the last bit (docs/results.md).
 

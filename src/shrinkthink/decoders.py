@@ -296,7 +296,7 @@ class Projection:
     copied in `dtype`.
 
     On a CPU the weight is prepacked for oneDNN's matmul kernel (`batch` is the expected rows, a
-    layout hint; any row count works). On the dev CPU (AMD EPYC, 2 threads) a 32-row float32
+    layout hint; any row count works). On a 2-core AMD EPYC (2 threads) a 32-row float32
     matmul against SmolLM2's projections then runs 2.0-3.2x faster than `mm` (MKL): 99 against
     221 us for q/k/v, 286 against 844 us for gate/up, 5.5 against 17.4 ms for the vocabulary
     head (`bench/matmul.py`).

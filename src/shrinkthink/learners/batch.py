@@ -28,7 +28,7 @@ def length_buckets(lengths: list[int], device: torch.device | str = "cpu", most:
     """Row indices sorted by length and cut into 1 to `most` runs of equal count, whichever count
     costs least: padded tokens plus a fixed cost a run (one more forward and backward call). A
     batch of mixed lengths padded to its longest row computes its padding too; run by run, a
-    warm-start batch of the quickstart costs 0.22 s instead of 0.41 s on the dev CPU
+    warm-start batch of the quickstart costs 0.22 s instead of 0.41 s on a 2-core CPU
     (`bench/train_step.py`). The runs' gradients add up to the whole batch's. The cost of a call: about
     100 tokens' work for a small model on a CPU (measured); on an accelerator a call costs many
     more tokens' worth (not measured here: 2048), so runs are fewer."""

@@ -1,6 +1,6 @@
 """Linear layers on oneDNN while a model trains on a CPU.
 
-torch's float32 `F.linear` and its backward call MKL's GEMM. On the dev CPU (AMD EPYC, 2 threads)
+torch's float32 `F.linear` and its backward call MKL's GEMM. On a 2-core AMD EPYC (2 threads)
 oneDNN's matmul runs the same products 1.1-3x faster at training shapes (1500-6000 rows of the
 quickstart's 128/512-wide layers, scratch timings: forward 2.2x, input gradient 2-3x, weight
 gradient 1.1-1.8x; `bench/matmul.py` has the decoding shapes). A warm-start step of the
