@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from shrinkthink import config as config_module
 from shrinkthink.cli import main
-from shrinkthink.config import REFERENCE_COMMAND, RunConfig, config_models, config_reference, load_config
+from shrinkthink.config import RunConfig, load_config
+from shrinkthink.reference import REFERENCE_COMMAND, config_models, config_reference
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 

@@ -210,7 +210,8 @@ def _sample(args) -> None:
 
 
 def _config(args) -> None:
-    from shrinkthink.config import config_reference, dump_config, load_config
+    from shrinkthink.config import dump_config, load_config
+    from shrinkthink.reference import config_reference
 
     print(dump_config(load_config()) if args.defaults else config_reference(markdown=args.markdown), end="")
 
