@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy
+
 from shrinkthink.dotted import import_dotted
 from shrinkthink.errors import UserError
 from shrinkthink.records import Episode
@@ -153,17 +155,9 @@ class TokenBudget(Criterion):
         if self.controller.value is None:
             lengths = [e.reasoning_tokens for e in batch.episodes if is_correct(e)]
             lengths = lengths or [e.reasoning_tokens for e in batch.episodes]
-            self.controller.value = max(self.controller.lower, percentile(lengths, self.start_percentile), 1.0)
+            start = float(numpy.percentile(lengths, self.start_percentile))  # linear between order statistics
+            self.controller.value = max(self.controller.lower, start, 1.0)
         return [float(e.reasoning_tokens <= self.controller.value) for e in batch.episodes]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100) with linear interpolation between order statistics."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 class GroupLength(Criterion):
