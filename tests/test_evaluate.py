@@ -63,3 +63,35 @@ def test_wilson_interval_hand_values() -> None:
     assert low == pytest.approx(0.8706, abs=1e-4) and high == pytest.approx(0.9233, abs=1e-4)
     assert wilson_interval(0.0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)  # never below 0
     assert wilson_interval(0.5, 0) == (0.0, 1.0)
+
+
+class SlipPolicy(ScriptedPolicy):
+    """Even problems: the gold steps plus a filler line, answered right. Odd problems: a wrong
+    first term, so every line is off the gold chain and the answer is wrong."""
+
+    def __init__(self) -> None:
+        super().__init__(cut=0)
+
+    def decode(self, ids: list[int]) -> str:
+        problem = self.problems[ids[0]]
+        if ids[0] % 2 == 0:
+            return "\n".join([problem.steps[0], "hmm", *problem.steps[1:], "Answer: " + problem.answer])
+        return "\n".join(["1+1=2", "2+1=3", "Answer: -1"])
+
+
+def test_the_digression_share_counts_the_correct_transcripts_only() -> None:
+    task = make_task("arith")
+    policy = SlipPolicy()
+    original = task.problems
+
+    def recorded(level, n, which, seed=0):
+        policy.problems = original(level, n, which, seed)
+        return policy.problems
+
+    task.problems = recorded
+    result = evaluate(policy, task, [2], 10, max_new_tokens=8, seed=1)
+    assert result.accuracy == pytest.approx(0.5)
+    right = policy.problems[::2]
+    necessary = sum(len(s) for p in right for s in p.steps)
+    # the wrong transcripts' slips are errors, which accuracy counts; only "hmm" is a digression
+    assert result.digression_share == pytest.approx(3 * 5 / (3 * 5 + necessary))

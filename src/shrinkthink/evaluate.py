@@ -1,6 +1,10 @@
 """Held-out evaluation: greedy accuracy per level (and pass@k on request), visible reasoning
 tokens, the share cut off by the length cap, and the task's own digression share.
 
+The digression share is measured on the transcripts whose answer is right: in a wrong one, a line
+off the gold chain is as often an error (a misread term) as a digression, and accuracy already
+counts errors.
+
 Stages decide on the validation split; the figures a run reports come from the test split. A
 completion cut off by the length cap scores 0, as it does in training: it never gave its answer."""
 
@@ -18,7 +22,7 @@ from shrinkthink.tasks.base import Split, Task, reasoning_part
 class Evaluation:
     accuracy_by_level: dict[int, float]
     mean_reasoning_tokens: float
-    digression_share: float | None
+    digression_share: float | None  # of the correct transcripts' reasoning tokens; None without gold steps
     pass_at_k: dict[int, float] = field(default_factory=dict)
     latent_steps: int = 0  # continuous thoughts per answer; never counted as reasoning tokens
     valid_step_share: float | None = None  # transcripts whose every step the task's checker accepts
@@ -75,6 +79,7 @@ def evaluate(policy: Policy, task: Task, levels: list[int], n: int, *, max_new_t
             reasoning += policy.count_tokens(reasoning_part(text))
             if problem.steps:
                 gold_steps = True
+            if problem.steps and finished and score >= 1.0:
                 w, t = digression_tokens(policy, task, problem, text)
                 wasted, counted = wasted + w, counted + t
             if task.has_step_checker:
