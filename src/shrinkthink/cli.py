@@ -197,6 +197,8 @@ def _eval(args) -> None:
         "accuracy_by_level": result.accuracy_by_level,
         "pass_at_k": result.pass_at_k,
         "mean_reasoning_tokens": result.mean_reasoning_tokens,
+        "mean_completion_tokens": result.mean_completion_tokens,
+        "truncated_share": result.truncated_share,
         "digression_share": result.digression_share,
     }, indent=2))
 

@@ -71,6 +71,15 @@ class ModelConfig(Strict):
         return self
 
 
+class TransferTask(Strict):
+    """A task the run never trains on, evaluated beside the trained one."""
+
+    name: str = Field(..., description="a task name, as `task.name` takes it (e.g. 'gym:letter_counting')")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the task")
+    levels: list[int] = Field(default_factory=lambda: [1], min_length=1, description="levels evaluated")
+    problems: int = Field(200, ge=1, description="test problems per level")
+
+
 class TaskConfig(Strict):
     """The task: its problems, their levels, and the verifier that scores an answer."""
 
@@ -81,6 +90,12 @@ class TaskConfig(Strict):
     eval_levels: list[int] = Field(
         default_factory=lambda: [1, 2, 3, 4], description="levels reported after every stage")
     eval_problems: int = Field(100, ge=1, description="held-out problems per level for stage-end evaluation")
+    eval_start: bool | None = Field(
+        None, description="evaluate the model before the first stage too (the summary's `start` entry, the table's "
+        "first row); default: when the first stage is not a warm start, as for a pretrained model")
+    transfer: list[TransferTask] = Field(
+        default_factory=list, description="tasks never trained on, evaluated on their test problems at the start and "
+        "after every stage: whether a stage kept the skill beyond its training mix")
 
 
 class Sampling(Strict):

@@ -28,6 +28,7 @@ class Evaluation:
     valid_step_share: float | None = None  # transcripts whose every step the task's checker accepts
     truncated_share: float = 0.0  # completions that reached the length cap without ending
     transcripts: list[tuple[Problem, str, float]] = field(default_factory=list)
+    mean_completion_tokens: float = 0.0  # everything sampled, the answer and end-of-sequence included
 
     @property
     def accuracy(self) -> float:
@@ -63,7 +64,7 @@ def evaluate(policy: Policy, task: Task, levels: list[int], n: int, *, max_new_t
     accuracy: dict[int, float] = {}
     pass_at_k: dict[int, float] = {}
     transcripts = []
-    reasoning = wasted = counted = 0
+    reasoning = wasted = counted = completion = 0
     gold_steps = False
     valid = truncated = 0
     for level in levels:
@@ -75,6 +76,7 @@ def evaluate(policy: Policy, task: Task, levels: list[int], n: int, *, max_new_t
             text = policy.decode(ids)
             score = task.score(problem, text) if finished else 0.0
             truncated += not finished
+            completion += len(ids)
             correct += score
             reasoning += policy.count_tokens(reasoning_part(text))
             if problem.steps:
@@ -103,5 +105,6 @@ def evaluate(policy: Policy, task: Task, levels: list[int], n: int, *, max_new_t
         latent_steps=policy.latent_steps,
         valid_step_share=valid / max(1, len(transcripts)) if task.has_step_checker else None,
         truncated_share=truncated / max(1, len(transcripts)),
+        mean_completion_tokens=completion / max(1, len(transcripts)),
         transcripts=transcripts,
     )

@@ -22,7 +22,7 @@ import torch
 from shrinkthink import allocator, distributed
 from shrinkthink.config import RunConfig, dump_config
 from shrinkthink.errors import UserError
-from shrinkthink.evaluate import wilson_interval
+from shrinkthink.evaluate import Evaluation, evaluate, wilson_interval
 from shrinkthink.policy import Policy, pick_device
 from shrinkthink.rundir import RunDir
 from shrinkthink.stages import StageContext, explore, latent, shrink, warmstart
@@ -40,6 +40,46 @@ def eval_tokens(config: RunConfig, results: dict[str, Any]) -> int:
     lengths = [s.sampling.max_new_tokens for s in config.stages if hasattr(s, "sampling")]
     lengths += [r["max_new_tokens"] for r in results.values() if "max_new_tokens" in r]
     return max(lengths or [128])
+
+
+def starts_evaluated(config: RunConfig) -> bool:
+    """Whether the run reports the model it starts from: asked for, or (by default) a first stage
+    that trains a model which already answers, rather than a warm start from scratch."""
+    if config.task.eval_start is not None:
+        return config.task.eval_start
+    return config.stages[0].kind != "warmstart"
+
+
+def stage_figures(config: RunConfig, policy: Policy, measure: Callable[..., Evaluation], transfer: Mapping[str, Task],
+                  max_new: int, validation_problems: int) -> tuple[Evaluation, dict[str, Any]]:
+    """The test evaluation that a summary entry reports, with the validation figure beside it (the
+    split the stage's decisions were made on) and each transfer task's test accuracy. `measure`
+    is `StageContext.evaluate`'s signature: (levels, n, max_new_tokens, split=...)."""
+    levels = config.task.eval_levels
+    test = measure(levels, config.task.eval_problems, max_new, split="test")
+    validation = measure(levels, validation_problems, max_new, split="validation")
+    figures = {
+        "accuracy": test.accuracy,
+        "accuracy_by_level": {str(k): v for k, v in test.accuracy_by_level.items()},
+        "test_problems": len(test.transcripts),
+        "validation_accuracy": validation.accuracy,
+        "validation_problems": len(validation.transcripts),
+        "truncated_share": test.truncated_share,
+        "mean_reasoning_tokens": test.mean_reasoning_tokens,
+        "mean_completion_tokens": test.mean_completion_tokens,
+        "latent_steps": test.latent_steps,
+        "digression_share": test.digression_share,
+        "valid_step_share": test.valid_step_share,
+    }
+    if transfer:
+        figures["transfer"] = {}
+        for spec in config.task.transfer:
+            other = evaluate(policy, transfer[spec.name], spec.levels, spec.problems, max_new_tokens=max_new, seed=1,
+                             split="test")
+            figures["transfer"][spec.name] = {"accuracy": other.accuracy, "test_problems": len(other.transcripts),
+                                              "mean_completion_tokens": other.mean_completion_tokens,
+                                              "truncated_share": other.truncated_share}
+    return test, figures
 
 
 def run_levels(config: RunConfig) -> list[tuple[str, int]]:
@@ -151,6 +191,17 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
     # a resumed run's finished stages still count: their extras (warm start's completion length)
     # set how long later evaluations sample
     stage_extras: dict[str, Any] = {s["name"]: s for s in summary["stages"]}
+    transfer = {t.name: make_task(t.name, t.options) for t in config.task.transfer}
+    if first_stage == 0 and resume_state is None and "start" not in summary and starts_evaluated(config):
+        started = time.time()
+        def measure(levels, n, max_new, split):
+            return evaluate(policy, task, levels, n, max_new_tokens=max_new, seed=1, split=split)
+
+        evaluation, figures = stage_figures(config, policy, measure, transfer, eval_tokens(config, stage_extras),
+                                            getattr(config.stages[0], "eval_problems", config.task.eval_problems))
+        summary["start"] = {"name": "start", "kind": "start", **figures, "seconds": time.time() - started, "steps": 0}
+        run.write_text("samples/start.txt", format_samples(evaluation.transcripts))
+        run.write_summary(summary)
 
     for index in range(first_stage, len(config.stages)):
         stage = config.stages[index]
@@ -165,26 +216,9 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
         # the reported figures come from the test problems; the validation figure beside them is the
         # split every decision inside the stage was made on
         max_new = eval_tokens(config, stage_extras)
-        evaluation = ctx.evaluate(config.task.eval_levels, config.task.eval_problems, max_new, split="test")
-        validation = ctx.evaluate(config.task.eval_levels, stage.eval_problems, max_new, split="validation")
-        entry = {
-            "name": stage.name,
-            "kind": stage.kind,
-            "accuracy": evaluation.accuracy,
-            "accuracy_by_level": {str(k): v for k, v in evaluation.accuracy_by_level.items()},
-            "test_problems": len(evaluation.transcripts),
-            "validation_accuracy": validation.accuracy,
-            "validation_problems": len(validation.transcripts),
-            "truncated_share": evaluation.truncated_share,
-            "mean_reasoning_tokens": evaluation.mean_reasoning_tokens,
-            "latent_steps": evaluation.latent_steps,
-            "digression_share": evaluation.digression_share,
-            "valid_step_share": evaluation.valid_step_share,
-            "seconds": stage_seconds,
-            "steps": result.steps,
-            "stop_reason": result.stop_reason,
-            **result.extra,
-        }
+        evaluation, figures = stage_figures(config, policy, ctx.evaluate, transfer, max_new, stage.eval_problems)
+        entry = {"name": stage.name, "kind": stage.kind, **figures, "seconds": stage_seconds, "steps": result.steps,
+                 "stop_reason": result.stop_reason, **result.extra}
         summary["stages"] = [s for s in summary["stages"] if s["name"] != stage.name] + [entry]
         summary["seconds"] = time.time() - began
         run.log({"stage": stage.name, "stage_index": index, "step": result.steps, "event": "stage_end",
@@ -224,7 +258,7 @@ def format_samples(transcripts, per_level: int = 3) -> str:
 def format_table(summary: dict[str, Any]) -> str:
     """The table the CLI prints at the end of a run."""
     rows = [("stage", "test accuracy", "95% interval", "by level", "reasoning tok", "digression", "steps", "seconds")]
-    for s in summary["stages"]:
+    for s in ([summary["start"]] if "start" in summary else []) + summary["stages"]:
         by_level = " ".join(f"{k}:{v:.2f}" for k, v in s["accuracy_by_level"].items())
         digression = "-" if s["digression_share"] is None else f"{s['digression_share']:.2f}"
         low, high = wilson_interval(s["accuracy"], s.get("test_problems", 0))
