@@ -6,11 +6,14 @@ the length cap, the transfer task and the wall time of each stage.
     python bench/real_model.py                      # runs the recipe, then prints the table
     python bench/real_model.py --run RUN_DIR        # reads a finished run
     python bench/real_model.py --run RUN_DIR --ablation   # and runs (or reads) the ablation beside it
+    python bench/real_model.py --run RUN_DIR --latent 20  # a COCONUT stage from the shrink checkpoint
 
 The ablation starts from the same pretrained model and runs one explore stage with the recipe's final
 shrink pressure (the length penalty's lambda and the token budget where the shrink stage's controllers
 left them) switched on from its first step, for as many steps as the recipe's explore and shrink took
-together. The last line is machine-readable:
+together. `--latent N` runs N steps of a COCONUT stage from the shrink checkpoint (each first reasoning
+line of the policy's own transcripts replaced by continuous thoughts) and prints its seconds a step: the
+full stage is GPU work, this measures what it costs here. The last line is machine-readable:
     explore_gain_pts=X shrink_token_ratio=Y shrink_acc_delta_pts=Z wall_min=W
 """
 
@@ -58,6 +61,22 @@ def ablation_config(config: RunConfig, summary: dict) -> RunConfig:
                                      "task": {**data["task"], "eval_start": False}})
 
 
+def latent_config(config: RunConfig, run_dir: Path, steps: int) -> RunConfig:
+    """A COCONUT stage on the shrink checkpoint: the first reasoning line of each of the policy's
+    verified transcripts becomes two continuous thoughts, for `steps` updates."""
+    data = config.model_dump(mode="json")
+    shrink = next(s for s in data["stages"] if s["kind"] == "shrink")
+    stage = {"name": "latent", "kind": "latent", "method": "coconut", "source": "policy",
+             "levels": data["task"]["eval_levels"], "pool_problems": 64, "steps": steps, "batch_size": 8,
+             "lr": 1e-5, "max_new_tokens": shrink["sampling"]["max_new_tokens"], "thoughts_per_step": 2,
+             "start_stage": 1, "steps_per_stage": steps, "max_latent_stage": 1, "eval_every": steps,
+             "eval_problems": 20, "checkpoint_every": steps}
+    return RunConfig.model_validate({
+        **data, "name": f"{config.name}-latent", "stages": [stage],
+        "model": {**data["model"], "path": str(run_dir / "checkpoints" / shrink["name"])},
+        "task": {**data["task"], "eval_start": False, "transfer": []}})
+
+
 def row(name: str, entry: dict, transfer: str | None) -> dict:
     low, high = wilson_interval(entry["accuracy"], entry["test_problems"])
     other = (entry.get("transfer") or {}).get(transfer) if transfer else None
@@ -89,6 +108,8 @@ def main() -> int:
     parser.add_argument("--out", default="bench/out/real_model", help="where the recipe and ablation runs go")
     parser.add_argument("--ablation", action="store_true",
                         help="also the same pressure from the first explore step (outside the recipe's time bound)")
+    parser.add_argument("--latent", type=int, default=0, metavar="STEPS",
+                        help="also this many steps of a COCONUT stage from the shrink checkpoint (its speed here)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. stages.explore.steps=5")
     args = parser.parse_args()
     try:
@@ -116,10 +137,27 @@ def main() -> int:
             run_pipeline(ablation_config(config, summary), run_dir=str(ablation_dir),
                          resume=(ablation_dir / "checkpoints").exists())
         rows.append(row("ablation", json.loads(ablation.read_text())["stages"][0], transfer))
+    latent = None
+    if args.latent:
+        latent_dir = out / "latent"
+        began = time.time()
+        if not (latent_dir / "summary.json").exists():
+            run_pipeline(latent_config(config, run_dir, args.latent), run_dir=str(latent_dir),
+                         resume=(latent_dir / "checkpoints").exists())
+        entry = json.loads((latent_dir / "summary.json").read_text())["stages"][0]
+        steps = [json.loads(line) for line in (latent_dir / "metrics.jsonl").read_text().splitlines()]
+        seconds = [r["seconds"] for r in steps if r.get("stage") == "latent" and "loss" in r and "seconds" in r]
+        latent = (entry, sum(seconds) / max(1, len(seconds)), time.time() - began)
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}; "
           f"run: {run_dir}")
     print_table(rows, transfer)
+    if latent:
+        entry, per_step, _ = latent
+        low, high = wilson_interval(entry["accuracy"], entry["test_problems"])
+        print(f"COCONUT from the shrink checkpoint, {entry['steps']} steps: {per_step:.1f} s a step; test accuracy "
+              f"{entry['accuracy']:.3f} ({low:.3f}-{high:.3f}, n={entry['test_problems']}), "
+              f"{entry['mean_completion_tokens']:.1f} completion tokens, {entry['latent_steps']} thoughts")
     start, after_explore, after_shrink = rows[:3]
     print(f"explore_gain_pts={100 * (after_explore['accuracy'] - start['accuracy']):.1f} "
           f"shrink_token_ratio={after_shrink['tokens'] / after_explore['tokens']:.3f} "
