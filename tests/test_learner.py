@@ -446,3 +446,29 @@ def test_random_positions_carry_a_positional_lookup_past_the_training_lengths() 
     assert mean([short for short, _ in usual]) >= 0.8 and mean([short for short, _ in drawn]) >= 0.8
     assert mean([long for _, long in drawn]) >= 0.7
     assert mean([long for _, long in usual]) <= mean([long for _, long in drawn]) - 0.25
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu sse avx2 avx512f amx_bf16 amx_tile", torch.bfloat16),
+                                             ("fpu sse avx2 avx512f avx512_bf16", torch.bfloat16),
+                                             ("fpu sse avx2 fma", torch.float32)])
+def test_auto_dtype_is_bfloat16_only_on_a_cpu_with_bfloat16_units(flags: str, expected: torch.dtype, tmp_path,
+                                                                  monkeypatch) -> None:
+    import shrinkthink.policy as policy_module
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real_path = policy_module.Path
+    monkeypatch.setattr(policy_module, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
+    model, tokenizer = tiny_policy(depth=2, seed=0)
+    policy = Policy(model, tokenizer)
+    episodes, _ = episodes_of_different_lengths(policy, n=4)
+    for i, episode in enumerate(episodes):
+        episode.reward = float(i % 2)
+    seen: list[torch.dtype] = []
+    hook = policy.model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    Learner(policy, LearnerConfig(group_size=4, problems_per_step=1, dtype="auto")).update(episodes, [[0, 1, 2, 3]])
+    hook.remove()
+    assert seen[-1] == expected
+    assert policy_module.compute_dtype("auto", torch.device("cpu")) == ("model" if expected == torch.float32
+                                                                        else "bfloat16")
+    assert policy_module.compute_dtype("model", torch.device("cpu")) == "model"

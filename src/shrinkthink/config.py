@@ -106,9 +106,10 @@ class Sampling(Strict):
                                                         "distribution)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: draw from the most likely tokens whose "
                                                       "probabilities add up to top_p (1: from all)")
-    dtype: Literal["model", "bfloat16"] = Field(
+    dtype: Literal["model", "bfloat16", "auto"] = Field(
         "model", description="the sampler's matmul precision: the policy's own, or bfloat16 copies of its weights "
-        "(faster on GPUs and on CPUs with AMX, much slower on CPUs without bfloat16 units); the learner then "
+        "(faster on GPUs and on CPUs with AMX, much slower on CPUs without bfloat16 units; auto: bfloat16 where the "
+        "device has such units, read from the CPU's flags); the learner then "
         "recomputes the old log-probabilities in its own precision before the update, so the ratio starts at 1")
 
 
@@ -150,10 +151,10 @@ class LearnerConfig(Strict):
                                                          "each optimizer step")
     winner_threshold: float = Field(1.0, description="expert_iteration: the correctness (times the gates, before "
                                                       "additive terms) a winner needs")
-    dtype: Literal["model", "bfloat16"] = Field(
+    dtype: Literal["model", "bfloat16", "auto"] = Field(
         "model", description="the precision of the update's forward and backward: the policy's own, or bfloat16 "
         "autocast (mixed precision: weights, gradients and Adam state stay float32; faster on GPUs and on CPUs with "
-        "AMX, slower on CPUs without bfloat16 units)")
+        "AMX, slower on CPUs without bfloat16 units; auto: bfloat16 where the device has such units)")
 
 
 # --- criteria: the reward terms of the shrink stage (criteria.py) ---------------------------

@@ -22,6 +22,27 @@ ADAPTER_DIR = "adapter"  # a LoRA checkpoint's adapter, beside the base weights
 SAMPLER_DTYPES = {"model": None, "bfloat16": torch.bfloat16}  # `Sampling.dtype`
 
 
+def bfloat16_units(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX
+    or AVX-512 BF16 (read from Linux's /proc/cpuinfo; elsewhere assumed not). Without such units
+    bfloat16 matmuls are emulated, several times slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
+
+
+def compute_dtype(setting: str, device: torch.device) -> str:
+    """`Sampling.dtype` and `LearnerConfig.dtype` resolved: auto is bfloat16 where the device has
+    bfloat16 units, else the model's own precision."""
+    if setting != "auto":
+        return setting
+    return "bfloat16" if bfloat16_units(device) else "model"
+
+
 def model_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
     if config.dtype != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
@@ -213,7 +234,7 @@ class Policy:
         parts = [
             sample(model, prompts[i : i + batch_size], eos_ids=self.eos_ids, pad_id=self.pad_id,
                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
-                   generic=generic, dtype=SAMPLER_DTYPES[dtype], banned_ids=banned)
+                   generic=generic, dtype=SAMPLER_DTYPES[compute_dtype(dtype, self.device)], banned_ids=banned)
             for i in range(0, len(prompts), batch_size)
         ]
         self.model.train(was_training)

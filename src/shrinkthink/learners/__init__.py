@@ -35,7 +35,7 @@ from shrinkthink.learners.losses import (
     token_cross_entropy,
 )
 from shrinkthink.learners.onednn import onednn_linears
-from shrinkthink.policy import Policy
+from shrinkthink.policy import Policy, compute_dtype
 from shrinkthink.records import Episode
 
 
@@ -113,14 +113,15 @@ class Learner:
         # learner's autocast, bfloat16 weights) differs by bfloat16 rounding, which the clipped
         # ratio would read as a policy change. Then the old log-probabilities are recomputed by
         # the learner's own forward: one more forward pass an update, paid only here.
-        self.recompute_old = (sampler_dtype != "model" or config.dtype != "model"
+        self.dtype = compute_dtype(config.dtype, policy.device)
+        self.recompute_old = (compute_dtype(sampler_dtype, policy.device) != "model" or self.dtype != "model"
                               or any(p.dtype != torch.float32 for p in policy.model.parameters()))
         self.optimizer = make_optimizer(policy, config.lr)
         warmup = max(1, config.warmup_steps)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                           lambda update: min(1.0, (update + 1) / warmup))
         # mixed precision: only the forward and backward run under bfloat16 autocast
-        self.autocast = torch.autocast(policy.device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
+        self.autocast = torch.autocast(policy.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16")
         self.reference = None
         if config.kl_coef > 0 and config.name != "expert_iteration":
             self.reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
