@@ -9,6 +9,8 @@
     shrinkthink tasks
     shrinkthink config [--defaults | --markdown]  # every config field; the quickstart resolved
     shrinkthink export CHECKPOINT OUT [--merge]   # a plain Hugging Face folder (LoRA merged)
+    shrinkthink report RUN_DIR [--out FILE]       # one self-contained report.html: frontier, curves, transcripts
+    shrinkthink compare RUN_A RUN_B ... [--out FILE]  # several runs on the same plots and table
 
 Bad input (a config field, a task name, a data file line, a model path) is one line on stderr and
 exit status 2; ranks that cannot meet are one line with exit status 1; `--debug` shows the traceback.
@@ -83,6 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--merge", action="store_true",
                         help="fold a LoRA checkpoint's adapter into the weights (peft's merge_and_unload)")
     export.add_argument("--debug", **SUB_DEBUG)
+
+    report = commands.add_parser("report", help="write a run's report.html: the accuracy-versus-tokens frontier, "
+                                 "curves over steps, per-level accuracy, held-out transcripts of every stage")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (finished or not)")
+    report.add_argument("--out", metavar="FILE", help="where to write it (default: RUN_DIR/report.html)")
+    report.add_argument("--debug", **SUB_DEBUG)
+
+    compare = commands.add_parser("compare", help="several runs on the same plots and table, as one HTML page")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    compare.add_argument("--out", metavar="FILE", default="compare.html", help="where to write it (default: "
+                         "compare.html)")
+    compare.add_argument("--debug", **SUB_DEBUG)
     return parser
 
 
@@ -122,6 +136,8 @@ def _run(args) -> None:
                                progress=not args.no_progress)
         if distributed.is_main():
             print(format_table(summary))
+            if summary.get("report"):
+                print(f"report: {summary['report']}")
     finally:
         distributed.teardown()
 
@@ -229,6 +245,31 @@ def _export(args) -> None:
         print(f"shrinkthink: {coconut_note(exported)}", file=sys.stderr)
 
 
+def _report(args) -> None:
+    from shrinkthink.report import write_report
+
+    _say(lambda: write_report(args.run_dir, args.out))
+
+
+def _compare(args) -> None:
+    from shrinkthink.report import write_comparison
+
+    _say(lambda: write_comparison(args.run_dirs, args.out))
+
+
+def _say(write) -> None:
+    """Write a report; say where it went, and in one line (on stderr) what it lacks."""
+    try:
+        written = write()
+    except OSError as error:  # a file the report cannot read, or an --out it cannot write
+        raise UserError(f"{error.filename or 'report'}: {error.strerror or error}") from None
+    if written.path is None:
+        raise UserError(f"{written.missing_line()}; nothing to report")
+    print(f"wrote {written.path}")
+    if written.missing:
+        print(f"shrinkthink: {written.missing_line()}", file=sys.stderr)
+
+
 def _tasks(args) -> None:
     from shrinkthink.tasks import list_tasks
 
@@ -266,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _handle(args) -> int:
-    handlers = {"run": _run, "eval": _eval, "sample": _sample, "tasks": _tasks, "config": _config, "export": _export}
+    handlers = {"run": _run, "eval": _eval, "sample": _sample, "tasks": _tasks, "config": _config, "export": _export,
+                "report": _report, "compare": _compare}
     try:
         handlers[args.command](args)
     except UserError as error:

@@ -567,6 +567,15 @@ class RunConfig(Strict):
         "auto", description="the memory allocator `shrinkthink run` starts its processes with (allocator.py): auto "
                             "takes tcmalloc, else jemalloc, where installed; system keeps glibc's malloc. The "
                             "numbers are the same with each; the speed is not")
+    logging: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="trackers that get every metrics.jsonl scalar while the run goes "
+        "(metrics.jsonl is always written): tensorboard: event files in <run_dir>/tensorboard (pip install "
+        "tensorboard); wandb: Weights & Biases in <run_dir>/wandb, offline unless WANDB_MODE or an API key says "
+        "online (pip install wandb)")
+    log_completions_every: int = Field(
+        0, ge=0, description="every N steps of an explore or shrink stage, a table of the step's sampled completions "
+        "(problem, completion, reward and each component, tokens) to samples/completions.jsonl and each tracker; "
+        "0: never")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the policy's model")
     task: TaskConfig = Field(default_factory=TaskConfig, description="the task the curriculum trains on")
     stages: list[Stage] = Field(..., min_length=1, description="the curriculum: stages run in order, each from "

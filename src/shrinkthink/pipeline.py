@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from shrinkthink import allocator, distributed
+from shrinkthink import allocator, distributed, trackers
 from shrinkthink.config import RunConfig, dump_config
 from shrinkthink.errors import UserError
 from shrinkthink.evaluate import Evaluation, evaluate, wilson_interval
@@ -27,6 +27,7 @@ from shrinkthink.policy import Policy, pick_device
 from shrinkthink.rundir import RunDir
 from shrinkthink.stages import StageContext, explore, latent, shrink, warmstart
 from shrinkthink.tasks import Task, make_task
+from shrinkthink.tasks.base import reasoning_part
 
 STAGE_LOOPS = {"warmstart": warmstart.run, "explore": explore.run, "shrink": shrink.run, "latent": latent.run}
 
@@ -154,6 +155,7 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
     task = task if task is not None else make_task(config.task.name, config.task.options)
     check_levels(config, task)
     check_stages(config, task, device, rewards)
+    trackers.check(config.logging)
     # the corpus is a generator: nothing is drawn unless a `bpe` tokenizer reads it
     fresh_policy = None if resume else Policy.from_config(config.model, device, seed=config.seed,
                                                           corpus=tokenizer_corpus(config, task))
@@ -182,6 +184,7 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
         run.write_config(dump_config(config.model_copy(update={"procs": distributed.world()})))
         run.truncate_metrics(lambda record: False)  # lines of a run that crashed before any checkpoint
         policy = fresh_policy
+    run.track(config.logging, config.log_completions_every, config.model_dump(mode="json"))
     # ranks built their policies from the same seed and corpus; make sure of it
     distributed.check_replicated("the tokenizer",
                                  zlib.crc32(json.dumps(sorted(policy.tokenizer.get_vocab().items())).encode()))
@@ -201,6 +204,7 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
                                             getattr(config.stages[0], "eval_problems", config.task.eval_problems))
         summary["start"] = {"name": "start", "kind": "start", **figures, "seconds": time.time() - started, "steps": 0}
         run.write_text("samples/start.txt", format_samples(evaluation.transcripts))
+        run.write_text("samples/start.jsonl", sample_records(policy, evaluation))
         run.write_summary(summary)
 
     for index in range(first_stage, len(config.stages)):
@@ -224,6 +228,7 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
         run.log({"stage": stage.name, "stage_index": index, "step": result.steps, "event": "stage_end",
                  **{k: v for k, v in entry.items() if k not in ("name", "kind")}})
         run.write_text(f"samples/{stage.name}.txt", format_samples(evaluation.transcripts))
+        run.write_text(f"samples/{stage.name}.jsonl", sample_records(policy, evaluation))
         run.save_policy(stage.name, policy)
         # summary first: a crash between the two then reruns the stage's tail instead of
         # resuming past a stage the summary never recorded
@@ -232,9 +237,10 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
     run.close()
     if run.writes:
         try:
-            from shrinkthink.report import plot_run
+            from shrinkthink.report import plot_run, write_report
 
             summary["plots"] = [str(p) for p in plot_run(run.path)]
+            summary["report"] = str(write_report(run.path).path)
         except Exception as error:  # a plot must never cost the run its results
             summary["plots_error"] = f"{type(error).__name__}: {error}"
     summary["seconds"] = time.time() - began
@@ -242,17 +248,31 @@ def run_pipeline(config: RunConfig, run_dir: str | None = None, resume: bool = F
     return summary
 
 
+def shown_transcripts(transcripts, per_level: int = 3) -> list:
+    """The first `per_level` held-out transcripts of each level: the same problems after every stage."""
+    shown: dict[int, int] = {}
+    kept = []
+    for problem, text, score in transcripts:
+        if shown.get(problem.level, 0) < per_level:
+            shown[problem.level] = shown.get(problem.level, 0) + 1
+            kept.append((problem, text, score))
+    return kept
+
+
 def format_samples(transcripts, per_level: int = 3) -> str:
     """A few held-out transcripts per level, for a person to read."""
-    shown: dict[int, int] = {}
-    blocks = []
-    for problem, text, score in transcripts:
-        if shown.get(problem.level, 0) >= per_level:
-            continue
-        shown[problem.level] = shown.get(problem.level, 0) + 1
-        blocks.append(f"### level {problem.level}  score {score:.0f}  answer {problem.answer}\n"
-                      f"{problem.prompt}\n---\n{text}\n")
-    return "\n".join(blocks)
+    return "\n".join(f"### level {problem.level}  score {score:.0f}  answer {problem.answer}\n"
+                     f"{problem.prompt}\n---\n{text}\n"
+                     for problem, text, score in shown_transcripts(transcripts, per_level))
+
+
+def sample_records(policy: Policy, evaluation: Evaluation, per_level: int = 3) -> str:
+    """`format_samples`'s transcripts as JSON lines, for the report's transcript viewer."""
+    return "".join(json.dumps({"id": problem.id, "level": problem.level, "prompt": problem.prompt,
+                               "answer": problem.answer, "completion": text, "score": score,
+                               "reasoning_tokens": policy.count_tokens(reasoning_part(text)),
+                               "latent_steps": evaluation.latent_steps}) + "\n"
+                   for problem, text, score in shown_transcripts(evaluation.transcripts, per_level))
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -4,7 +4,11 @@ Every file that matters is replaced atomically (written beside, then renamed), s
 moment leaves the previous version whole. Checkpoints keep the previous one until the new one is
 complete.
 
-    runs/<name>/config.yaml  metrics.jsonl  summary.json  plots/  samples/
+    runs/<name>/config.yaml  metrics.jsonl  summary.json  report.html  plots/
+                samples/<stage>.txt, <stage>.jsonl  (held-out transcripts at the end of each stage)
+                samples/<stage>-edits.jsonl         (a few of the shrink editors' edits)
+                samples/completions.jsonl           (sampled completions, `log_completions_every`)
+                tensorboard/  wandb/                (the trackers `logging` names, trackers.py)
                 checkpoints/latest/  (resumable: weights, optimizer, state.json)
                 checkpoints/<stage>/ (each finished stage's policy, loadable by `eval` and `sample`)
 
@@ -25,6 +29,10 @@ import torch
 
 from shrinkthink import distributed
 from shrinkthink.policy import Policy
+from shrinkthink.trackers import Tracker, append_jsonl, completion_rows, open_trackers
+
+EDIT_EXAMPLES = 2  # changed edits kept from one editor's call
+EDIT_EXAMPLES_PER_STAGE = 24
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -45,6 +53,17 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.metrics_path = self.path / "metrics.jsonl"
         self._metrics = None
+        self.trackers: list[Tracker] = []
+        self.completions_every = 0
+        self._edit_calls: dict[tuple[str, str], tuple[int, int]] = {}  # (stage, editor): (calls, examples kept)
+        self._edit_rows: dict[str, int] = {}
+
+    def track(self, names: list[str], completions_every: int, config: dict[str, Any]) -> None:
+        """Send every metrics line to the trackers `names` too (trackers.py), and every
+        `completions_every` steps (0: never) a table of the step's sampled completions."""
+        self.completions_every = completions_every
+        if self.writes:
+            self.trackers = open_trackers(names, self.path, config)
 
     def write_config(self, text: str) -> None:
         self.write_text("config.yaml", text)
@@ -62,11 +81,48 @@ class RunDir:
             self._metrics = open(self.metrics_path, "a")
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+        for tracker in self.trackers:
+            tracker.log(record)
+
+    def log_completions(self, stage: str, step: int, episodes) -> None:
+        """Every `completions_every` steps, the step's sampled episodes as a table (problem,
+        completion, reward and its components, tokens): to samples/completions.jsonl and each tracker."""
+        if not self.writes or not self.completions_every or step % self.completions_every:
+            return
+        rows = completion_rows(stage, step, episodes)
+        append_jsonl(self.path / "samples" / "completions.jsonl", rows)
+        for tracker in self.trackers:
+            tracker.table(stage, step, rows)
+
+    def log_edits(self, stage: str, editor: str, edits) -> None:
+        """A few of an editor's edits that changed their winner, for the report's viewer:
+        samples/<stage>-edits.jsonl. Kept from the editor's first call that changed anything, then
+        from its 2nd, 4th, 8th... call, so that they span the stage; `EDIT_EXAMPLES_PER_STAGE` at most."""
+        if not self.writes:
+            return
+        calls, kept = self._edit_calls.get((stage, editor), (0, 0))
+        calls += 1
+        path = self.path / "samples" / f"{stage}-edits.jsonl"
+        if stage not in self._edit_rows:  # a resumed stage counts the examples it already has
+            self._edit_rows[stage] = len(path.read_text().splitlines()) if path.is_file() else 0
+        room = min(EDIT_EXAMPLES, EDIT_EXAMPLES_PER_STAGE - self._edit_rows[stage])
+        rows = []
+        if room > 0 and (kept == 0 or calls & (calls - 1) == 0):
+            rows = [{"editor": editor, "call": calls, "problem_id": e.problem.id, "level": e.problem.level,
+                     "prompt": e.problem.prompt, "answer": e.problem.answer, "before": e.before, "after": e.after}
+                    for e in edits if e.changed][:room]
+        if rows:
+            append_jsonl(path, rows)
+            self._edit_rows[stage] += len(rows)
+        self._edit_calls[stage, editor] = (calls, kept + len(rows))
 
     def close(self) -> None:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self.write_text("summary.json", json.dumps(summary, indent=2))

@@ -150,6 +150,7 @@ def run(ctx: StageContext, stage: ExploreStage) -> StageResult:
             **{f"learner_{k}": v for k, v in stats.items()},
         }
         done = step + 1
+        ctx.run.log_completions(ctx.stage_name, done, used)
         if done % stage.eval_every == 0 or done == stage.steps:
             evaluation = ctx.evaluate([level], stage.eval_problems, stage.sampling.max_new_tokens)
             accuracy = evaluation.accuracy

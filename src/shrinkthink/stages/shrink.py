@@ -136,6 +136,7 @@ def run(ctx: StageContext, stage: ShrinkStage) -> StageResult:
         if learner is not None:
             record |= {f"learner_{k}": v for k, v in learner.update(episodes, groups).items()}
         done = step + 1
+        ctx.run.log_completions(ctx.stage_name, done, episodes)
         if editors and done % stage.finetune_every == 0:
             record |= edit_and_finetune(ctx, stage, editors, finetune, winners(episodes, groups, criteria))
         record["seconds"] = time.time() - began  # the step's own work, its evaluation not counted
@@ -213,6 +214,7 @@ def edit_and_finetune(ctx: StageContext, stage: ShrinkStage, editors, optimizer,
     stats: dict[str, float] = {"edit_winners": len(items)}
     for editor in editors:
         edits = editor.edit(policy, task, items, stage.sampling.max_new_tokens)
+        ctx.run.log_edits(ctx.stage_name, editor.name, edits)
         stats[f"edit_{editor.name}_changed"] = sum(e.changed for e in edits) / len(edits)
         stats[f"edit_{editor.name}_forward_passes"] = sum(e.forward_passes for e in edits)
         items = [(e.problem, e.after) for e in edits]
