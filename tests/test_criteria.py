@@ -36,7 +36,7 @@ from shrinkthink.tasks import make_task
 def episode(correct: float, tokens: int, text: str = "Answer: 1", completion: int = 0) -> Episode:
     problem = Problem(id="p", prompt="1+0=?", answer="1")
     return Episode(problem=problem, prompt_ids=[1], completion_ids=[0] * completion, logprobs=[], text=text,
-                   finished=True, components={"correct": correct}, reasoning_tokens=tokens)
+                   finished=True, components={"correct": correct}, reasoning_tokens=tokens, outcome=correct)
 
 
 # --- controllers ----------------------------------------------------------------------------
@@ -109,10 +109,17 @@ def test_rewards_compose_gates_multiply_and_penalties_add() -> None:
     penalty = LengthPenalty(0.2, 2.0, 0.5, 1.0)
     budget = TokenBudget(20, 0.8, 1.25, 0)
     apply_criteria([penalty, budget], Batch(episodes, [[0, 1, 2]], task, reference_tokens=20))
-    # correct * (tokens <= 20) - 0.2 * tokens / 20 on correct answers; the wrong one gets nothing
-    assert [round(e.reward, 6) for e in episodes] == [0.9, -0.3, 0.0]
+    # correct * (tokens <= 20) - 0.2 * tokens / 20 on answers correct within the budget; the wrong one
+    # and the one over the budget get nothing: the gate already scored it 0, and a length charge on top
+    # would rank a correct answer below a wrong one
+    assert [round(e.reward, 6) for e in episodes] == [0.9, 0.0, 0.0]
     assert [e.outcome for e in episodes] == [1.0, 0.0, 0.0]  # correctness times the gates
-    assert episodes[1].components == {"correct": 1.0, "length_penalty": pytest.approx(-0.3), "token_budget": 0.0}
+    assert episodes[1].components == {"correct": 1.0, "length_penalty": 0.0, "token_budget": 0.0}
+    # the order the config lists them in does not matter
+    again = [episode(1.0, 10), episode(1.0, 30), episode(0.0, 5)]
+    apply_criteria([TokenBudget(20, 0.8, 1.25, 0), LengthPenalty(0.2, 2.0, 0.5, 1.0)],
+                   Batch(again, [[0, 1, 2]], task, reference_tokens=20))
+    assert [round(e.reward, 6) for e in again] == [0.9, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("criterion", [LengthPenalty(0.5, 2.0, 0.5, 1.0), GroupLength(1.0), ShortestCorrect(1.0)],

@@ -101,9 +101,11 @@ class Batch:
 
 
 def is_correct(episode: Episode) -> bool:
-    """Verified correct: what a length term needs before it applies (a wrong answer never gains by
-    being short; Arora & Zanette 2025, Short-RL's length penalty on correct answers only)."""
-    return episode.components.get("correct", 0.0) >= 1.0
+    """Verified correct, and through every gate scored so far: what a length term needs before it
+    applies (a wrong answer never gains by being short; Arora & Zanette 2025, Short-RL's length
+    penalty on correct answers only; a transcript a gate failed already scores 0 and is not charged
+    for its length on top, which would rank it below a wrong one)."""
+    return episode.outcome >= 1.0
 
 
 class Criterion:
@@ -457,21 +459,17 @@ def build_criteria(configs: list, task: Task, rewards: Mapping[str, Callable[...
 
 def apply_criteria(criteria: list[Criterion], batch: Batch) -> None:
     """Score every episode: `reward = correct * prod(gates) + sum(additive)`; each term is stored
-    in `episode.components` under its name, and `correct * prod(gates)` as `episode.outcome`."""
-    for criterion in criteria:
+    in `episode.components` under its name, and `correct * prod(gates)` as `episode.outcome`.
+    Gates are scored first, so that the additive terms see the gated outcome (`is_correct`)."""
+    for episode in batch.episodes:
+        episode.outcome = episode.components.get("correct", 0.0)
+    for criterion in [c for c in criteria if c.gate] + [c for c in criteria if not c.gate]:
         for episode, value in zip(batch.episodes, criterion(batch)):
             episode.components[criterion.name] = value
-    for episode in batch.episodes:
-        gated = episode.components.get("correct", 0.0)
-        added = 0.0
-        for criterion in criteria:
-            value = episode.components[criterion.name]
             if criterion.gate:
-                gated *= value
-            else:
-                added += value
-        episode.outcome = gated
-        episode.reward = gated + added
+                episode.outcome *= value
+    for episode in batch.episodes:
+        episode.reward = episode.outcome + sum(episode.components[c.name] for c in criteria if not c.gate)
 
 
 def update_controllers(criteria: list[Criterion], held: bool) -> dict[str, str]:
