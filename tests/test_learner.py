@@ -379,8 +379,8 @@ def test_zero_advantage_groups_are_skipped_unless_a_reference_needs_them() -> No
     assert learner.update(episodes, groups)["kl"] > 1e-6
 
 
-@pytest.mark.parametrize("dtype, expected", [("model", torch.float32), ("bfloat16", torch.bfloat16)])
-def test_learner_dtype_runs_the_update_under_autocast(dtype: str, expected: torch.dtype) -> None:
+def head_dtypes_of_one_update(dtype: str) -> tuple[Policy, list[torch.dtype]]:
+    """The output dtypes of every lm_head forward in one learner update at `dtype`."""
     model, tokenizer = tiny_policy(depth=2, seed=0)
     policy = Policy(model, tokenizer)
     episodes, _ = episodes_of_different_lengths(policy, n=4)
@@ -390,6 +390,12 @@ def test_learner_dtype_runs_the_update_under_autocast(dtype: str, expected: torc
     hook = policy.model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     Learner(policy, LearnerConfig(group_size=4, problems_per_step=1, dtype=dtype)).update(episodes, [[0, 1, 2, 3]])
     hook.remove()
+    return policy, seen
+
+
+@pytest.mark.parametrize("dtype, expected", [("model", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_learner_dtype_runs_the_update_under_autocast(dtype: str, expected: torch.dtype) -> None:
+    policy, seen = head_dtypes_of_one_update(dtype)
     # in bfloat16 the old log-probabilities are recomputed first, by the same forward; in float32 not
     assert seen == [expected] * (1 if dtype == "model" else 2)
     assert all(p.dtype == torch.float32 for p in policy.model.parameters())
@@ -459,15 +465,7 @@ def test_auto_dtype_is_bfloat16_only_on_a_cpu_with_bfloat16_units(flags: str, ex
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     real_path = policy_module.Path
     monkeypatch.setattr(policy_module, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
-    model, tokenizer = tiny_policy(depth=2, seed=0)
-    policy = Policy(model, tokenizer)
-    episodes, _ = episodes_of_different_lengths(policy, n=4)
-    for i, episode in enumerate(episodes):
-        episode.reward = float(i % 2)
-    seen: list[torch.dtype] = []
-    hook = policy.model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
-    Learner(policy, LearnerConfig(group_size=4, problems_per_step=1, dtype="auto")).update(episodes, [[0, 1, 2, 3]])
-    hook.remove()
+    _, seen = head_dtypes_of_one_update("auto")
     assert seen[-1] == expected
     assert policy_module.compute_dtype("auto", torch.device("cpu")) == ("model" if expected == torch.float32
                                                                         else "bfloat16")
