@@ -121,7 +121,10 @@ def test_lean_passes_train_like_the_model_forward(tiny):
     assert runs == [True] * 3  # two thoughts, three passes; none for the model-forward run
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     for name, grad in grads[1].items():
-        torch.testing.assert_close(grads[0][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+        # float32 sums taken in another order (fused q/k/v, MKL or oneDNN by CPU) differ in the last
+        # bits: the bound scales with the gradient, far below what a wrong term would move
+        scale = float(grad.abs().max())
+        torch.testing.assert_close(grads[0][name], grad, atol=1e-4 * scale + 1e-8, rtol=1e-3, msg=name)
     assert grads[0]["model.embed_tokens.weight"][5].abs().sum() > 0  # through the thoughts to the question
 
 
@@ -239,6 +242,65 @@ def test_thought_labels_land_on_the_aligned_thought_columns():
     labels = coconut.thought_label_columns([[40, 41], [-100, 42]], [2, 1], ids.shape[1])
     assert (ids[labels != -100] == 102).all()
     assert labels.tolist() == [[-100, -100, -100, 40, 41, -100, -100], [-100, -100, -100, -100, 42, -100, -100]]
+
+
+# --- pause tokens --------------------------------------------------------------------------------
+def test_pause_tokens_carry_no_hidden_state_forward(tiny):
+    """Under `method: pause` a <thought> is its own learned embedding: what the first layer
+    receives at every thought is that row, whatever came before (under COCONUT, the state of the
+    position before), and the logits are one plain forward over the ids."""
+    model, tokenizer, tokens = tiny
+    rows = [[5, 6, 7, tokens.bot] + [tokens.thought] * 3 + [tokens.eot, 20, 21],
+            [9, 10, 11, 12, 13, tokens.bot, tokens.thought, tokens.eot, 30, 31, 32]]
+    anchors = [r.index(tokens.bot) for r in rows]
+    ids, attention, _ = coconut.pad_aligned(rows, [[True] * len(r) for r in rows], anchors, tokenizer.pad_token_id)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    seen = []
+    handle = model.model.layers[0].register_forward_pre_hook(
+        lambda _module, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).clone()),
+        with_kwargs=True)
+    with torch.no_grad():
+        paused = coconut.PauseTokens(model)(ids, attention_mask=attention).logits
+        pause_inputs = torch.cat(seen, dim=1)
+        seen.clear()
+        coconut.ContinuousThoughts(model, tokens.thought)(ids, attention_mask=attention)
+        coconut_inputs = torch.cat(seen, dim=1)
+        plain = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+    handle.remove()
+    is_thought = ids == tokens.thought
+    row = model.get_input_embeddings().weight[tokens.thought].detach()
+    assert int(is_thought.sum()) == 4
+    assert torch.equal(pause_inputs[is_thought], row.expand(4, -1))
+    assert not torch.allclose(coconut_inputs[is_thought], row.expand(4, -1), atol=1e-3)  # the premise
+    real = attention.bool()
+    torch.testing.assert_close(paused[real], plain[real], atol=1e-5, rtol=1e-4)
+
+
+def test_pause_policy_decodes_the_plain_model_on_its_block(tiny, tmp_path):
+    """A pause policy answers as greedy `generate` over `prompt <bot> <thought>*n <eot>` would,
+    counts n as its latent steps, never writes a marker, and round-trips through save and load."""
+    model, tokenizer, tokens = tiny
+    policy = Policy(model, tokenizer)
+    policy.latent = {"method": "pause", "thoughts": 3}
+    prompts = [policy.prompt_ids("12+7=?"), policy.prompt_ids("3+4+5=?")]
+    batched = policy.sample(prompts, max_new_tokens=6, greedy=True)
+    markers = {tokens.bot, tokens.eot, tokens.thought}
+    for prompt, got in zip(prompts, batched.completion_ids):
+        ids = torch.tensor([coconut.latent_prompts([prompt], tokens, 3)[0]])
+        expected = []
+        with torch.no_grad():
+            for _ in range(len(got)):
+                logits = model(input_ids=ids).logits[0, -1]
+                logits[list(markers)] = -float("inf")
+                token = int(logits.argmax())
+                expected.append(token)
+                ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+        assert got == expected
+    assert policy.latent_steps == 3
+    policy.save(tmp_path / "ckpt")
+    loaded = Policy.load(tmp_path / "ckpt")
+    assert loaded.latent == policy.latent
+    assert loaded.sample(prompts, max_new_tokens=6, greedy=True).completion_ids == batched.completion_ids
 
 
 def test_latent_policy_generates_batched_and_round_trips(tiny, tmp_path):

@@ -417,10 +417,14 @@ class LatentStage(StageBase):
     curriculum stage at a time, or iCoT removes leading reasoning tokens on a schedule, so the
     policy answers with less and less visible reasoning. Loop: stages/latent.py."""
 
-    kind: Literal["latent"] = Field(description="latent: internalise the reasoning (method: coconut or icot)")
-    method: Literal["coconut", "icot"] = Field(
+    kind: Literal["latent"] = Field(
+        description="latent: internalise the reasoning (method: coconut, icot, ccot or pause)")
+    method: Literal["coconut", "icot", "ccot", "pause"] = Field(
         ..., description="coconut: continuous thoughts (arXiv 2412.06769); "
-        "icot: stepwise removal of reasoning tokens (arXiv 2405.14838)")
+        "icot: stepwise removal of reasoning tokens (arXiv 2405.14838); "
+        "ccot: compressed chain of thought, dense contemplation tokens trained to reproduce the hidden states of "
+        "a subset of the reasoning's positions (arXiv 2412.13171); "
+        "pause: coconut's curriculum with learned pause tokens, no hidden state fed back (the baseline)")
     levels: list[int] = Field(..., min_length=1, description="levels of the training problems")
     source: Literal["policy", "gold"] = Field(
         "policy", description="where the reasoning steps come from: policy: the current policy's own verified greedy "
@@ -453,8 +457,8 @@ class LatentStage(StageBase):
         0.0, ge=0, le=1, description="coconut: probability that an example is built at a stage drawn uniformly from "
         "0..its number of steps, later stages included [uniform_prob]; drawn before earlier_stage_share")
     marker_init: str = Field(
-        " ", description="coconut: text whose first token's embedding the new <bot>, <eot>, <thought> start from ('' "
-        "for the mean embedding, which disrupts a small model)")
+        " ", description="coconut, ccot: text whose first token's embedding the new <bot>, <eot>, <thought> start "
+        "from ('' for the mean embedding, which disrupts a small model)")
     thought_scale: Literal["hidden", "embedding"] = Field(
         "hidden", description="coconut: hidden: feed the last hidden state back as "
         "it is (the paper); embedding: rescale it to the mean input-embedding norm "
@@ -476,6 +480,21 @@ class LatentStage(StageBase):
     drop_all_after: int | None = Field(
         None, ge=0, description="icot: once the scheduled removal reaches this "
         "many tokens, remove all reasoning [remove_all_when_remove_beyond]")
+    # CCoT
+    compression_ratio: float = Field(
+        0.25, gt=0, le=1, description="ccot: contemplation tokens per reasoning token, k = ceil(r m) for m reasoning "
+        "tokens [r; the paper's 0.05 and 0.10 are of LLaMA's subword tokens, a character carries less]")
+    autoregressive_layer: int | None = Field(
+        None, ge=1, description="ccot: the layer l whose output states are the targets and are fed back as the next "
+        "contemplation input (1: the first decoder layer's output, the model's depth: its final-norm output) "
+        "[l; the paper's 15 of LLaMA2-7B's 32]; null: half the model's layers")
+    stop_rule: Literal["end", "mean"] = Field(
+        "end", description="ccot: how many contemplation tokens an answer gets; end: until the END classifier (the "
+        "probability of <eot> next) exceeds end_threshold, at most the pool's largest k [END_psi]; mean: the pool's "
+        "mean k for every answer")
+    end_threshold: float = Field(
+        0.5, gt=0, lt=1, description="ccot: stop_rule end stops after the first contemplation token at which the "
+        "probability of <eot> next exceeds this")
 
     @model_validator(mode="after")
     def _method_fields(self):
@@ -483,16 +502,19 @@ class LatentStage(StageBase):
                         "earlier_stage_share", "uniform_prob", "marker_init", "thought_scale", "thought_targets"}
         icot_only = {"remove_tokens", "remove_every_steps", "remove_start", "smoothing_lambda", "max_offset",
                      "drop_all_after"}
+        ccot_only = {"compression_ratio", "autoregressive_layer", "stop_rule", "end_threshold"}
+        own = {"coconut": coconut_only, "pause": coconut_only, "icot": icot_only,
+               "ccot": ccot_only | {"marker_init"}}[self.method]
         # a dumped config (a run's config.yaml, `shrinkthink config --defaults`) sets every field to
-        # its default: only a value the other method would read is a mistake
-        foreign = {name for name in (icot_only if self.method == "coconut" else coconut_only) & self.model_fields_set
+        # its default: only a value another method would read is a mistake
+        foreign = {name for name in ((coconut_only | icot_only | ccot_only) - own) & self.model_fields_set
                    if getattr(self, name) != type(self).model_fields[name].default}
         if foreign:
             raise ValueError(f"{', '.join(sorted(foreign))}: not a field of method '{self.method}'")
-        if self.method == "coconut" and self.start_stage > self.max_latent_stage + 1:
+        if self.method in ("coconut", "pause") and self.start_stage > self.max_latent_stage + 1:
             raise ValueError(f"start_stage ({self.start_stage}) is past the last stage "
                              f"(max_latent_stage + 1 = {self.max_latent_stage + 1})")
-        if self.method == "coconut" and self.final_decay:
+        if self.method in ("coconut", "pause") and self.final_decay:
             last = (self.max_latent_stage + 1 - self.start_stage) * self.steps_per_stage
             if last >= self.steps:
                 raise ValueError(f"final_decay: the last curriculum stage would begin at step {last}, "

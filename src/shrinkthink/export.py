@@ -27,8 +27,11 @@ latent.json kept, and at inference it needs:
     cache; where config.json has `coconut_thought_norm`, that state is first rescaled to this L2
     norm;
   - then decoding from after `<eot>`, never choosing the three markers.
-`shrinkthink.latent.coconut.ContinuousThoughts` is that loop around any causal LM. An iCoT
-checkpoint (`"method": "icot"`) answers through plain `generate`.
+`shrinkthink.latent.coconut.ContinuousThoughts` is that loop around any causal LM. A pause-token
+checkpoint (`"method": "pause"`) answers through plain `generate` on the same prompt block, whose
+`<thought>` tokens keep their own embeddings; an iCoT checkpoint (`"method": "icot"`) on the prompt alone.
+A CCoT checkpoint (`"method": "ccot"`) feeds each contemplation position the layer-`layer` state of the
+position before it and stops by latent.json's rule: `shrinkthink.latent.ccot.CompressedThoughts` is that loop.
 """
 
 from __future__ import annotations

@@ -101,8 +101,8 @@ class Policy:
         if generation_eos is not None:
             eos |= set(generation_eos if isinstance(generation_eos, list) else [generation_eos])
         self.eos_ids = {e for e in eos if e is not None}
-        # A policy that answers through continuous thoughts (COCONUT) says so here:
-        # {"method": "coconut", "thoughts": n}; saved beside the weights as latent.json.
+        # A policy that answers through latent steps says so here: {"method": "coconut", "thoughts": n}
+        # (or pause, ccot); saved beside the weights as latent.json.
         self.latent: dict | None = None
 
     @classmethod
@@ -223,14 +223,25 @@ class Policy:
         was_training = self.model.training
         self.model.eval()
         model, generic, banned = self.model, False, frozenset()
-        if self.latent and self.latent.get("method") == "coconut":
+        if self.latent and self.latent.get("method") in ("coconut", "pause"):
             from shrinkthink.latent.coconut import ContinuousThoughts, latent_prompts, latent_tokens
 
             tokens = latent_tokens(self.tokenizer)
             prompts = latent_prompts(prompts, tokens, self.latent_steps)
             banned = frozenset((tokens.bot, tokens.eot, tokens.thought))  # markers, never text
-            if self.latent_steps:
+            # pause tokens are ordinary prompt tokens: the model's own decoder runs them
+            if self.latent_steps and self.latent["method"] == "coconut":
                 model, generic = ContinuousThoughts(self.model, tokens.thought), True
+        elif self.latent and self.latent.get("method") == "ccot":
+            from shrinkthink.latent.ccot import CompressedThoughts
+            from shrinkthink.latent.coconut import latent_tokens
+
+            tokens = latent_tokens(self.tokenizer)
+            model, generic = CompressedThoughts(self.model, tokens, self.latent, self.pad_id), True
+            # the contemplation tokens first (as many as the stop rule gives each), then the answer
+            # from a prefill of `prompt <bot> <thought>*k <eot>` whose thoughts are those states
+            prompts = model.contemplate(prompts, batch_size)
+            banned = frozenset((tokens.bot, tokens.eot, tokens.thought))  # markers, never text
         parts = [
             sample(model, prompts[i : i + batch_size], eos_ids=self.eos_ids, pad_id=self.pad_id,
                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,

@@ -4,8 +4,14 @@ reasoning tokens ("distill the knowledge into the forward passes").
 - `method: coconut`: curriculum stage k replaces the first k reasoning steps by k*c continuous
   thoughts (latent/coconut.py); the stage advances every `steps_per_stage` steps. With
   `thought_targets`, each thought also learns to predict one of its step's last c tokens.
+- `method: pause`: the same curriculum with pause tokens: each `<thought>` is an ordinary learned
+  token, no hidden state fed back (the baseline a latent method must beat).
 - `method: icot`: the first s reasoning tokens are removed, s growing a token at a time,
   `remove_tokens` every `remove_every_steps` steps, with removal smoothing (latent/icot.py).
+- `method: ccot`: about `compression_ratio` times as many dense contemplation tokens as the
+  reasoning had tokens, taught by teacher forcing to reproduce the stage-start model's layer-l
+  states at evenly spaced reasoning positions, and the answer after the ones the model generates;
+  an END classifier decides how many (latent/ccot.py). No curriculum: nothing resets.
 
 Either way the optimizer is reset whenever the curriculum moves on, until it reaches its last step
 (coconut: every step latent; icot: all reasoning removed). The reasoning comes from the
@@ -31,11 +37,13 @@ import torch
 
 from shrinkthink import distributed
 from shrinkthink.config import LatentStage
-from shrinkthink.latent import coconut, icot
+from shrinkthink.latent import ccot, coconut, icot
 from shrinkthink.learners import make_optimizer, supervised_step
 from shrinkthink.records import Problem
 from shrinkthink.stages import Plateau, StageContext, StageResult
 from shrinkthink.tasks.base import ANSWER_PREFIX, reasoning_part
+
+CURRICULUM = ("coconut", "pause")  # the methods whose thoughts replace reasoning steps one stage at a time
 
 
 def transcript_steps(text: str) -> list[str]:
@@ -89,6 +97,29 @@ def lr_factor(stage: LatentStage, step: int, phase_start: int, final_start: int 
     return warm * 0.5 * (1.0 + math.cos(math.pi * (step - final_start) / (stage.steps - final_start)))
 
 
+def ccot_targets(ctx: StageContext, stage: LatentStage, prompts: list[list[int]], reasoning: list[list[int]],
+                 counts: list[int], layer: int) -> tuple[list[torch.Tensor], float]:
+    """CCoT's gold states and their variance: the policy as the stage found it (the frozen teacher)
+    read once over every pool example, and written to `latent/<stage>.ccot.pt`, so a resumed run,
+    whose policy has trained since, reads the same ones."""
+    path = ctx.run.path / f"latent/{stage.name}.ccot.pt"
+    if ctx.resume_state is not None:
+        if not distributed.agree(path.is_file()):
+            raise RuntimeError(f"{path}: the teacher's states are missing, so this stage cannot resume")
+        saved = torch.load(path)
+        if saved["layer"] != layer:
+            raise RuntimeError(f"{path}: the teacher's states are of layer {saved['layer']}, the stage's is {layer}")
+        return saved["states"], saved["scale"]
+    states = ccot.teacher_states(ctx.policy.model, prompts, reasoning, counts, layer, ctx.policy.pad_id)
+    scale = ccot.target_scale(states)
+    if ctx.run.writes:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".tmp")
+        torch.save({"layer": layer, "states": states, "scale": scale}, partial)
+        partial.replace(path)
+    return states, scale
+
+
 def run(ctx: StageContext, stage: LatentStage) -> StageResult:
     policy, seed = ctx.policy, ctx.config.seed
     problems, steps, policy_share = load_pool(ctx, stage)
@@ -101,17 +132,20 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
     step_ids = [[ids(s + "\n") for s in row] for row in steps]
     # what `thought_targets` reads: each step without its line break
     step_text_ids = ([[ids(s) for s in row] for row in steps]
-                     if stage.method == "coconut" and stage.thought_targets else [])
+                     if stage.method in CURRICULUM and stage.thought_targets else [])
     answers = [policy.completion_ids(ANSWER_PREFIX + p.answer) for p in problems]
     longest = max(sum(len(s) for s in row) for row in step_ids)
 
-    if stage.method == "coconut":
+    if stage.method in CURRICULUM:
         tokens = coconut.add_latent_tokens(policy.model, tok, stage.marker_init or None)
-        if stage.thought_scale == "embedding" and ctx.resume_state is None:
-            setattr(policy.model.config, coconut.THOUGHT_NORM_KEY, coconut.mean_embedding_norm(policy.model))
-        elif stage.thought_scale == "hidden":
-            setattr(policy.model.config, coconut.THOUGHT_NORM_KEY, None)
-        wrapper = coconut.ContinuousThoughts(policy.model, tokens.thought)
+        if stage.method == "pause":
+            wrapper = coconut.PauseTokens(policy.model)  # a <thought> is an ordinary, learned token
+        else:
+            if stage.thought_scale == "embedding" and ctx.resume_state is None:
+                setattr(policy.model.config, coconut.THOUGHT_NORM_KEY, coconut.mean_embedding_norm(policy.model))
+            elif stage.thought_scale == "hidden":
+                setattr(policy.model.config, coconut.THOUGHT_NORM_KEY, None)
+            wrapper = coconut.ContinuousThoughts(policy.model, tokens.thought)
         last_phase = stage.max_latent_stage + 1
 
         def phase_at(step: int) -> int:
@@ -121,8 +155,27 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
             return phase == last_phase
 
         def latent_mode(phase: int) -> dict:
-            return {"method": "coconut", "stage": phase, "thoughts":
+            return {"method": stage.method, "stage": phase, "thoughts":
                     coconut.thoughts_at(phase, stage.thoughts_per_step, stage.max_latent_stage)}
+    elif stage.method == "ccot":
+        layer = ccot.resolve_layer(policy.model, stage.autoregressive_layer)
+        reasoning_ids = [[t for s in row for t in s] for row in step_ids]
+        thought_counts = [ccot.thought_count(len(r), stage.compression_ratio) for r in reasoning_ids]
+        gold_states, scale = ccot_targets(ctx, stage, prompts, reasoning_ids, thought_counts, layer)
+        tokens = coconut.add_latent_tokens(policy.model, tok, stage.marker_init or None)
+        # what generation needs, saved with the checkpoint as latent.json
+        mode = {"method": "ccot", "thoughts": round(sum(thought_counts) / len(thought_counts)), "layer": layer,
+                "stop_rule": stage.stop_rule, "end_threshold": stage.end_threshold,
+                "max_thoughts": max(thought_counts)}
+
+        def phase_at(step: int) -> int:
+            return 0
+
+        def final(phase: int) -> bool:
+            return True
+
+        def latent_mode(phase: int) -> dict:
+            return dict(mode)
     else:
         offsets = icot.smoothing_probs(stage.smoothing_lambda, stage.max_offset)
 
@@ -166,7 +219,7 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
             group["lr"] = stage.lr * lr_factor(stage, step, phase_start, final_start)
         batch = [rng.randrange(len(problems)) for _ in range(stage.batch_size)]
         policy.model.train()
-        if stage.method == "coconut":
+        if stage.method in CURRICULUM:
             rows, masks, anchors, thoughts, contents = [], [], [], [], []
             for i in batch:
                 at = coconut.example_stage(phase, len(step_ids[i]), rng, stage.earlier_stage_share, stage.uniform_prob)
@@ -208,6 +261,29 @@ def run(ctx: StageContext, stage: LatentStage) -> StageResult:
             tokens_seen = sum(len(r) for r in rows)
             record |= {"curriculum_stage": phase, "thoughts": sum(thoughts) / len(thoughts),
                        "target_tokens": sum(map(sum, masks)) / len(batch)}
+        elif stage.method == "ccot":
+            optimizer.zero_grad(set_to_none=True)
+            ks = [thought_counts[i] for i in batch]
+            # on several ranks, this rank's rows, each loss divided by the whole batch's counts
+            mine = [batch[j] for j in distributed.balanced([len(prompts[i]) + len(answers[i]) + k
+                                                            for i, k in zip(batch, ks)])]
+            totals = None
+            if distributed.world() > 1:  # (gold states, END positions, answer tokens)
+                totals = (sum(ks), sum(ks) + len(ks), sum(len(answers[i]) for i in batch))
+            parts = [0.0, 0.0, 0.0]
+            if mine:
+                losses = ccot.training_losses(policy.model, [prompts[i] for i in mine], [answers[i] for i in mine],
+                                              [gold_states[i] for i in mine], tokens, layer, scale, policy.pad_id,
+                                              totals)
+                losses.total.backward()
+                parts = [losses.state.item(), losses.end.item(), losses.answer.item()]
+            parts = distributed.sync_gradients(policy.model.parameters(), parts)
+            torch.nn.utils.clip_grad_norm_(policy.model.parameters(), stage.max_grad_norm)
+            optimizer.step()
+            loss = sum(parts)
+            tokens_seen = 2 * sum(len(prompts[i]) + k + 2 + len(answers[i]) for i, k in zip(batch, ks))
+            record |= {"thoughts": sum(ks) / len(ks), "state_loss": parts[0], "end_loss": parts[1],
+                       "answer_loss": parts[2], "target_tokens": sum(len(answers[i]) for i in batch) / len(batch)}
         else:
             removed, targets = [], []
             for i in batch:
