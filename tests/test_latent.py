@@ -486,10 +486,11 @@ METHODS = {
     # removal 0, 0, 1, 1, 2, 3 over the 6 steps: resets at steps 3 and 5 (1-based), all reasoning gone
     # (drop_all_after) from step 5, so none at step 6, where the removal still grows
     "icot": "    remove_every_steps: 5\n    remove_tokens: 3\n    drop_all_after: 2\n    final_decay: true",
+    "pause": "    steps_per_stage: 2\n    max_latent_stage: 1\n    thought_targets: true\n    final_decay: true",
 }
 
 
-@pytest.mark.parametrize("method", ["coconut", "icot"])
+@pytest.mark.parametrize("method", ["coconut", "icot", "pause"])
 def test_cli_run_with_latent_stage(method, tmp_path):
     path = tmp_path / "latent.yaml"
     path.write_text(CONFIG.replace("{method}", method).replace("{extra}", METHODS[method]))
@@ -499,7 +500,7 @@ def test_cli_run_with_latent_stage(method, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     warm, think = summary["stages"]
     assert warm["latent_steps"] == 0
-    expected_thoughts = 1 if method == "coconut" else 0  # stage 2: every step latent, 1 thought
+    expected_thoughts = 0 if method == "icot" else 1  # stage 2: every step latent, 1 thought
     assert think["latent_steps"] == expected_thoughts and think["curriculum_final"]
     before = load_file(run_dir / "checkpoints" / "warm" / "model.safetensors")
     after = load_file(run_dir / "checkpoints" / "think" / "model.safetensors")
