@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_latent import WARM
 from test_pipeline import crash_in, step_keys
 
 from shrinkthink.config import LatentStage, load_config
@@ -207,22 +208,7 @@ def test_equal_prompts_share_their_contemplation(tiny):
 
 
 # --- the stage ------------------------------------------------------------------------------------
-CONFIG = """\
-name: ccot-e2e
-seed: 0
-threads: 1
-model: {kind: tiny, depth: 2}
-task: {name: arith, options: {max_operand: 3}, eval_levels: [1, 2], eval_problems: 8}
-stages:
-  - name: warm
-    kind: warmstart
-    steps: 20
-    levels: [1, 2]
-    batch_size: 32
-    lr: 0.01
-    digression_rate: 0.0
-    eval_every: 20
-    eval_problems: 8
+CONFIG = "name: ccot-e2e\n" + WARM + """\
   - name: think
     kind: latent
     method: ccot

@@ -451,8 +451,8 @@ def test_smoothing_distribution():
 
 
 # --- the stage, end to end ------------------------------------------------------------------------
-CONFIG = """\
-name: latent-e2e
+# a warm start that gives every latent stage test its reasoning pool (tests/test_ccot.py too)
+WARM = """\
 seed: 0
 threads: 1
 model: {kind: tiny, depth: 2}
@@ -467,6 +467,8 @@ stages:
     digression_rate: 0.0
     eval_every: 20
     eval_problems: 8
+"""
+CONFIG = "name: latent-e2e\n" + WARM + """\
   - name: think
     kind: latent
     method: {method}
